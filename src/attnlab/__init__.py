@@ -1,0 +1,3 @@
+"""attnlab: attention mechanisms for large language models."""
+
+__version__ = "0.1.0"

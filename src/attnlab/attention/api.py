@@ -1,0 +1,85 @@
+"""``attend()``: the one entry point to every attention backend."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from attnlab.attention import dispatch
+from attnlab.attention.bias import Bias
+from attnlab.attention.call import make_call
+from attnlab.attention.masks import Mask
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Mask | Tensor | None = None,
+    bias: Bias | Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    backend: str = "auto",
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Scaled dot-product attention, softmax(q kᵀ · scale + bias, masked) v.
+
+    Args:
+        q: queries (B, H, Tq, D).
+        k: keys (B, Hkv, Tk, D); H must be a multiple of Hkv (grouped-query attention,
+            multi-query when Hkv = 1).
+        v: values (B, Hkv, Tk, Dv).
+        mask: a :mod:`attnlab.attention.masks` object (``causal()``, ``padding(lengths)``, ...,
+            combined with ``&``/``|``) or a boolean tensor broadcastable to (B, H, Tq, Tk),
+            True = attend. Position masks align to the bottom right when Tq < Tk.
+        bias: an :mod:`attnlab.attention.bias` object (ALiBi, T5 buckets) or a float tensor
+            broadcastable to (B, H, Tq, Tk), added to the scores.
+        scale: score multiplier; default 1 / sqrt(D).
+        dropout_p: dropout on the attention probabilities (pass 0 at evaluation time).
+        backend: a registered backend name ("reference", "sdpa", "flex", "chunked") or "auto"
+            for the fastest one that supports the call.
+        return_weights: also return the attention weights (B, H, Tq, Tk); only the
+            "reference" backend materialises them, so "auto" then picks it.
+
+    Returns:
+        The output (B, H, Tq, Dv), or ``(output, weights)`` with ``return_weights=True``.
+        Query rows whose keys are all masked give zeros (and zero gradients), never NaN.
+    """
+    call = make_call(
+        q,
+        k,
+        v,
+        mask=mask,
+        bias=bias,
+        scale=scale,
+        dropout_p=dropout_p,
+        return_weights=return_weights,
+    )
+    out, weights = dispatch.select_backend(call, backend).forward(call)
+    return (out, weights) if return_weights else out
+
+
+def explain(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Mask | Tensor | None = None,
+    bias: Bias | Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+) -> dict[str, list[str]]:
+    """For the same arguments as :func:`attend`: each backend's reasons to refuse, in the order
+    "auto" tries them (an empty list means the backend can run the call)."""
+    call = make_call(
+        q,
+        k,
+        v,
+        mask=mask,
+        bias=bias,
+        scale=scale,
+        dropout_p=dropout_p,
+        return_weights=return_weights,
+    )
+    return dispatch.explain(call)

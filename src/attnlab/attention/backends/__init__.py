@@ -1,0 +1,31 @@
+"""Attention kernels, registered by name. Import order is registration order."""
+
+from attnlab.attention.backends.base import (
+    Backend,
+    Capabilities,
+    backend_names,
+    get_backend,
+    register_backend,
+)
+from attnlab.attention.backends.chunked import ChunkedBackend, chunked_attention
+from attnlab.attention.backends.flex import FlexBackend
+from attnlab.attention.backends.reference import ReferenceBackend
+from attnlab.attention.backends.sdpa import SDPABackend
+
+register_backend(ReferenceBackend())
+register_backend(SDPABackend())
+register_backend(FlexBackend())
+register_backend(ChunkedBackend())
+
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "ChunkedBackend",
+    "FlexBackend",
+    "ReferenceBackend",
+    "SDPABackend",
+    "backend_names",
+    "chunked_attention",
+    "get_backend",
+    "register_backend",
+]

@@ -1,0 +1,281 @@
+"""Memory-efficient attention in pure PyTorch: online softmax over tiles, forward and backward.
+
+The forward pass walks query tiles and, for each, the key tiles it may see, keeping a running
+row maximum ``m``, normaliser ``l`` and output accumulator (Milakov & Gimelshein 2018 "Online
+normalizer calculation for softmax"; Rabe & Staats 2021 "Self-attention does not need O(n^2)
+memory"; Dao et al. 2022 FlashAttention). Only the output and the log-sum-exp per row are kept.
+The backward pass recomputes each tile's probabilities from the saved log-sum-exp
+(FlashAttention-2, Dao 2023), so extra memory is O(tile) rather than O(Tq * Tk).
+
+Tiles whose every entry is masked are skipped, and tiles whose every entry is allowed skip the
+masking, so causal attention does about half the work and a sliding window of width w about
+w / Tk of it. Masks and biases are evaluated per tile from their index-function definitions,
+so nothing of size Tq * Tk is ever built. Learnable biases get their gradients tile by tile.
+
+Layout: grouped-query heads are folded into the rows of each tile, so one batched matmul per
+tile serves all G query heads of a key/value head and sums their key/value gradients for free.
+
+Shapes: B batch, H query heads, Hkv key/value heads, G = H / Hkv, Tq queries, Tk keys,
+D head dim, Dv value head dim, bq / bk query / key tile lengths, R = G * bq tile rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attnlab.attention.backends.base import Backend, Capabilities
+from attnlab.attention.bias import Bias
+from attnlab.attention.call import AttentionCall
+from attnlab.attention.masks import Mask
+
+FULL, PARTIAL = 1, 0
+
+
+@dataclass(frozen=True, eq=False)
+class _Spec:
+    """Everything about a call except the tensors autograd tracks."""
+
+    mask: Mask | None
+    bias: Bias | None
+    scale: float
+    batch: int
+    heads: int
+    kv_heads: int
+    tq: int
+    tk: int
+    q_block: int
+    kv_block: int
+
+    @property
+    def groups(self) -> int:
+        return self.heads // self.kv_heads
+
+    @property
+    def offset(self) -> int:
+        return self.tk - self.tq
+
+    def rows(self, i: int) -> slice:
+        return slice(i * self.q_block, min((i + 1) * self.q_block, self.tq))
+
+    def cols(self, j: int) -> slice:
+        return slice(j * self.kv_block, min((j + 1) * self.kv_block, self.tk))
+
+    def n_q_blocks(self) -> int:
+        return -(-self.tq // self.q_block)
+
+    def n_kv_blocks(self) -> int:
+        return -(-self.tk // self.kv_block)
+
+
+def _fold(x: Tensor, groups: int) -> Tensor:
+    """(B or 1, H or 1, bq, X) -> (B or 1, Hkv or 1, G * bq, X): heads of a group become rows."""
+    b, h, bq, n = x.shape
+    if h == 1:
+        return x.expand(b, groups, bq, n).reshape(b, 1, groups * bq, n) if groups > 1 else x
+    return x.reshape(b, h // groups, groups * bq, n)
+
+
+def _unfold(x: Tensor, groups: int) -> Tensor:
+    """(B, Hkv, G * bq, X) -> (B, H, bq, X)."""
+    b, hkv, r, n = x.shape
+    return x.reshape(b, hkv * groups, r // groups, n)
+
+
+def _tile_rows(x: Tensor, rows: slice, groups: int) -> Tensor:
+    """Rows ``rows`` of a (B, H, T, X) tensor in folded layout (B, Hkv, G * bq, X)."""
+    b, h, _, n = x.shape
+    return x[:, :, rows].reshape(b, h // groups, -1, n)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics and gradients accumulate in at least float32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _acc(x: Tensor) -> Tensor:
+    return x.to(_acc_dtype(x.dtype))
+
+
+def _plan(spec: _Spec, device: torch.device) -> list[list[tuple[int, int]]]:
+    """For each query tile, the key tiles to visit with FULL or PARTIAL masking."""
+    nq, nk = spec.n_q_blocks(), spec.n_kv_blocks()
+    if spec.mask is None:
+        return [[(j, FULL) for j in range(nk)] for _ in range(nq)]
+    plan = []
+    for i in range(nq):
+        q_idx = torch.arange(spec.tq, device=device)[spec.rows(i)]
+        row = spec.mask.block(spec.batch, q_idx, torch.arange(spec.tk, device=device), spec.offset)
+        # Pad keys to whole tiles, then ask per tile: any allowed? all allowed?
+        pad = nk * spec.kv_block - spec.tk
+        any_ = torch.nn.functional.pad(row, (0, pad), value=False)
+        all_ = torch.nn.functional.pad(row, (0, pad), value=True)
+        any_ = any_.unflatten(-1, (nk, spec.kv_block)).any(-1).flatten(0, 2).any(0)
+        all_ = all_.unflatten(-1, (nk, spec.kv_block)).all(-1).flatten(0, 2).all(0)
+        plan.append(
+            [
+                (j, FULL if bool(a) else PARTIAL)
+                for j, (s, a) in enumerate(zip(any_, all_, strict=True))
+                if s
+            ]
+        )
+    return plan
+
+
+def _scores(
+    spec: _Spec, qi: Tensor, kj: Tensor, i: int, j: int, kind: int, device: torch.device
+) -> Tensor:
+    """Tile scores (B, Hkv, R, bk) at accumulation precision, biased, masked entries at -inf."""
+    s = _acc(qi @ kj.transpose(-2, -1)) * spec.scale
+    if spec.bias is None and kind == FULL:
+        return s
+    q_idx = torch.arange(spec.rows(i).start, spec.rows(i).stop, device=device)
+    k_idx = torch.arange(spec.cols(j).start, spec.cols(j).stop, device=device)
+    if spec.bias is not None:
+        tile = spec.bias.block(spec.batch, spec.heads, q_idx, k_idx, spec.offset)
+        s = s + _fold(tile, spec.groups)
+    if kind == PARTIAL:
+        allowed = _fold(spec.mask.block(spec.batch, q_idx, k_idx, spec.offset), spec.groups)
+        s = s.masked_fill(~allowed, float("-inf"))
+    return s
+
+
+def _forward(spec: _Spec, q: Tensor, k: Tensor, v: Tensor, plan: list) -> tuple[Tensor, Tensor]:
+    """Output (B, H, Tq, Dv) in q's dtype, and log-sum-exp (B, H, Tq, 1) of the scores."""
+    g, device = spec.groups, q.device
+    b, dv = q.shape[0], v.shape[-1]
+    out = torch.empty(b, spec.heads, spec.tq, dv, dtype=q.dtype, device=device)
+    acc_dtype = _acc_dtype(q.dtype)
+    lse = torch.empty(b, spec.heads, spec.tq, 1, dtype=acc_dtype, device=device)
+    for i, tiles in enumerate(plan):
+        rows = spec.rows(i)
+        qi = _tile_rows(q, rows, g)  # (B, Hkv, R, D)
+        r = qi.shape[2]
+        m = torch.full((b, spec.kv_heads, r, 1), float("-inf"), dtype=acc_dtype, device=device)
+        l = torch.zeros(b, spec.kv_heads, r, 1, dtype=acc_dtype, device=device)
+        acc = torch.zeros(b, spec.kv_heads, r, dv, dtype=acc_dtype, device=device)
+        for j, kind in tiles:
+            cols = spec.cols(j)
+            s = _scores(spec, qi, k[:, :, cols], i, j, kind, device)  # (B, Hkv, R, bk)
+            m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+            # Rows with nothing allowed so far keep m = -inf; use 0 there to avoid inf - inf.
+            m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)
+            p = torch.exp(s - m_safe)
+            alpha = torch.exp(m - m_safe)
+            l = l * alpha + p.sum(-1, keepdim=True)
+            acc = acc * alpha + _acc(p.to(v.dtype) @ v[:, :, cols])
+            m = m_new
+        empty = l == 0
+        out[:, :, rows] = _unfold(acc / l.masked_fill(empty, 1.0), g).to(q.dtype)
+        # Empty rows get lse = +inf, so recomputed probabilities exp(s - lse) are exactly 0.
+        lse[:, :, rows] = _unfold((m + torch.log(l)).masked_fill(empty, float("inf")), g)
+    return out, lse
+
+
+def _backward(
+    spec: _Spec,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dout: Tensor,
+    plan: list,
+) -> tuple[Tensor, Tensor, Tensor, list[Tensor | None]]:
+    g, device = spec.groups, q.device
+    acc_dtype = _acc_dtype(q.dtype)
+    dq = torch.zeros(q.shape, dtype=acc_dtype, device=device)
+    dk = torch.zeros(k.shape, dtype=acc_dtype, device=device)
+    dv = torch.zeros(v.shape, dtype=acc_dtype, device=device)
+    bias_params = spec.bias.params() if spec.bias is not None else ()
+    bias_grads: list[Tensor | None] = [None] * len(bias_params)
+    # D_i = rowsum(dO_i * O_i): the softmax backward's correction term, one per query row.
+    delta = (_acc(dout) * _acc(out)).sum(-1, keepdim=True)  # (B, H, Tq, 1)
+    for i, tiles in enumerate(plan):
+        rows = spec.rows(i)
+        qi = _tile_rows(q, rows, g)  # (B, Hkv, R, D)
+        doi = _tile_rows(dout, rows, g)  # (B, Hkv, R, Dv)
+        lse_i = _tile_rows(lse, rows, g)  # (B, Hkv, R, 1)
+        delta_i = _tile_rows(delta, rows, g)  # (B, Hkv, R, 1)
+        dqi = torch.zeros(qi.shape, dtype=acc_dtype, device=device)
+        for j, kind in tiles:
+            cols = spec.cols(j)
+            kj, vj = k[:, :, cols], v[:, :, cols]
+            p = torch.exp(_scores(spec, qi, kj, i, j, kind, device) - lse_i)  # (B, Hkv, R, bk)
+            dv[:, :, cols] += _acc(p.transpose(-2, -1).to(doi.dtype) @ doi)
+            dp = _acc(doi @ vj.transpose(-2, -1))  # (B, Hkv, R, bk)
+            ds = p * (dp - delta_i)  # d(loss)/d(biased scores)
+            if spec.bias is not None and bias_grads:
+                q_idx = torch.arange(rows.start, rows.stop, device=device)
+                k_idx = torch.arange(cols.start, cols.stop, device=device)
+                spec.bias.accumulate_grad(
+                    bias_grads,
+                    spec.batch,
+                    spec.heads,
+                    q_idx,
+                    k_idx,
+                    spec.offset,
+                    _unfold(ds, g),
+                )
+            ds = ds.to(q.dtype)
+            dqi += _acc(ds @ kj)
+            dk[:, :, cols] += _acc(ds.transpose(-2, -1) @ qi)
+        dq[:, :, rows] = _unfold(dqi, g)
+    # A parameter no visited tile touched still gets a (zero) gradient, as autograd would give.
+    bias_grads = [
+        torch.zeros_like(p) if g is None and p.requires_grad else g
+        for p, g in zip(bias_params, bias_grads, strict=True)
+    ]
+    scale = spec.scale
+    return (dq * scale).to(q.dtype), (dk * scale).to(k.dtype), dv.to(v.dtype), bias_grads
+
+
+class _ChunkedFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec: _Spec, q: Tensor, k: Tensor, v: Tensor, *bias_params: Tensor):
+        plan = _plan(spec, q.device)
+        out, lse = _forward(spec, q, k, v, plan)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.spec, ctx.plan = spec, plan
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv, bias_grads = _backward(ctx.spec, q, k, v, out, lse, dout.contiguous(), ctx.plan)
+        return None, dq, dk, dv, *bias_grads
+
+
+def chunked_attention(call: AttentionCall, *, q_block: int = 256, kv_block: int = 512) -> Tensor:
+    """Tile-by-tile exact attention for ``call``; (B, H, Tq, Dv) in q's dtype."""
+    spec = _Spec(
+        call.mask,
+        call.bias,
+        call.scale,
+        call.batch,
+        call.heads,
+        call.kv_heads,
+        call.tq,
+        call.tk,
+        q_block,
+        kv_block,
+    )
+    params = call.bias.params() if call.bias is not None else ()
+    return _ChunkedFunction.apply(spec, call.q, call.k, call.v, *params)
+
+
+class ChunkedBackend(Backend):
+    name = "chunked"
+    description = "pure-PyTorch online-softmax tiles, fwd+bwd; skips masked tiles; O(T) memory"
+    capabilities = Capabilities(
+        devices=frozenset({"cpu", "cuda", "mps", "xpu"}),
+        notes=("every mask and bias, learnable biases included",),
+    )
+
+    def __init__(self, q_block: int = 256, kv_block: int = 512) -> None:
+        self.q_block, self.kv_block = q_block, kv_block
+
+    def forward(self, call: AttentionCall) -> tuple[Tensor, Tensor | None]:
+        return chunked_attention(call, q_block=self.q_block, kv_block=self.kv_block), None

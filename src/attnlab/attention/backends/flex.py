@@ -1,0 +1,120 @@
+"""PyTorch FlexAttention: masks as ``mask_mod`` with a block mask, biases as ``score_mod``.
+
+FlexAttention generates one fused kernel per (mask, bias) program through ``torch.compile``
+(Dong et al. 2024, "Flex Attention: A Programming Model for Generating Optimized Attention
+Kernels"), and skips the tiles its block mask marks empty, so sparse masks (sliding window,
+packed documents) cost in proportion to what they allow.
+
+What the installed torch can do is probed, not assumed: on first use per device type we call
+the uncompiled kernel on a tiny input that requires grad, and record whether backward exists
+there (PyTorch 2.13 on CPU: inference only). The first compiled call for a new mask or bias
+program pays the compile time (seconds); later calls reuse the kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import warnings
+
+import torch
+from torch import Tensor
+
+from attnlab.attention.backends.base import Backend, Capabilities
+from attnlab.attention.call import AttentionCall
+from attnlab.attention.masks import Mask, head_dependent
+
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    _IMPORT_ERROR = ""
+except ImportError as exc:  # pragma: no cover - torch without FlexAttention
+    create_block_mask = flex_attention = None
+    _IMPORT_ERROR = f"torch {torch.__version__} has no FlexAttention ({exc})"
+
+
+@functools.cache
+def _compiled():
+    return torch.compile(flex_attention)
+
+
+@functools.cache
+def _backward_probe(device_type: str) -> str:
+    """'' when FlexAttention's backward runs on ``device_type``, else PyTorch's reason."""
+    device = torch.device(device_type)
+    x = torch.zeros(1, 1, 16, 16, device=device, requires_grad=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flex_attention(x, x, x).sum().backward()
+    except Exception as exc:  # the kernel tells us why; keep its first line
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ""
+
+
+def _has_compiler(device_type: str) -> bool:
+    # Inductor's CPU code generation needs a C++ compiler; GPU code goes through Triton.
+    return device_type != "cpu" or any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_block_mask(mask: Mask, tq: int, tk: int, device: torch.device):
+    return create_block_mask(mask.mask_mod(tq, tk), None, None, tq, tk, device=device)
+
+
+def block_mask_for(call: AttentionCall):
+    """FlexAttention BlockMask for the call's mask, cached for value-hashable masks."""
+    mask = call.mask
+    if mask is None:
+        return None
+    try:
+        hash(mask)
+        hashable = type(mask).__eq__ is not object.__eq__
+    except TypeError:
+        hashable = False
+    if hashable and mask.batch_size() is None and not head_dependent(mask):
+        return _cached_block_mask(mask, call.tq, call.tk, call.device)
+    b = call.batch if mask.batch_size() is not None else None
+    h = call.heads if head_dependent(mask) else None
+    return create_block_mask(
+        mask.mask_mod(call.tq, call.tk), b, h, call.tq, call.tk, device=call.device
+    )
+
+
+class FlexBackend(Backend):
+    name = "flex"
+    description = "torch FlexAttention (compiled); block-sparse masks, biases as score_mod"
+    capabilities = Capabilities(
+        devices=frozenset({"cpu", "cuda"}),
+        dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
+        notes=("compiles once per mask/bias program", "CPU: inference only in torch <= 2.13"),
+    )
+
+    def extra_reasons(self, call: AttentionCall) -> list[str]:
+        if _IMPORT_ERROR:
+            return [_IMPORT_ERROR]
+        reasons = []
+        if not _has_compiler(call.device.type):
+            reasons.append("no C++ compiler found for torch.compile on CPU")
+        if call.needs_grad and call.device.type in self.capabilities.devices:
+            why = _backward_probe(call.device.type)
+            if why:
+                reasons.append(
+                    f"no backward on {call.device.type} in torch {torch.__version__}: {why}"
+                )
+        if call.q.shape[-1] < 16 and call.device.type == "cuda":
+            reasons.append(f"head dim {call.q.shape[-1]} < 16 not supported by the GPU kernel")
+        return reasons
+
+    def forward(self, call: AttentionCall) -> tuple[Tensor, Tensor | None]:
+        score_mod = call.bias.score_mod(call.tq, call.tk) if call.bias is not None else None
+        out = _compiled()(
+            call.q,
+            call.k,
+            call.v,
+            score_mod=score_mod,
+            block_mask=block_mask_for(call),
+            scale=call.scale,
+            enable_gqa=call.groups > 1,
+        )
+        return out, None

@@ -1,0 +1,386 @@
+"""Additive score biases: ALiBi, T5 relative position buckets, and any tensor.
+
+A bias adds a value to each attention score before the softmax. Like masks (see ``masks.py``),
+each bias is defined once, as a function of (b, h, q_idx, kv_idx) index tensors, and that one
+definition gives FlexAttention's ``score_mod``, the dense tensor SDPA needs, and the tiles the
+chunked backend evaluates block by block (so a T5 bias at T=16k never exists as a T x T tensor).
+
+Learnable biases (T5) expose their parameters through :meth:`Bias.params` so that backends with
+a hand-written backward pass can return their gradients.
+
+Shapes: B batch, H heads, Tq queries, Tk keys. Dense biases are (B or 1, H or 1, Tq, Tk).
+Query ``i`` sits at absolute position ``i + Tk - Tq`` (bottom-right alignment, as in masks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+# A value function over broadcastable index tensors (b, h, q_idx, kv_idx) -> float tensor.
+ValueFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+class Bias:
+    """Base class: subclasses implement :meth:`value` (and :meth:`params` when learnable)."""
+
+    def value(self, offset: int) -> ValueFn:
+        """Bias as a function of (b, h, q_idx, kv_idx); ``offset = Tk - Tq`` aligns queries."""
+        raise NotImplementedError
+
+    def params(self) -> tuple[Tensor, ...]:
+        """Tensors the bias is computed from that may require gradients."""
+        return ()
+
+    def batch_size(self) -> int | None:
+        """Batch size the bias was built for, or None when it does not depend on the batch."""
+        return None
+
+    def heads(self) -> int | None:
+        """Number of heads the bias was built for, or None when shared by all heads."""
+        return None
+
+    @property
+    def requires_grad(self) -> bool:
+        return any(p.requires_grad for p in self.params())
+
+    # -- evaluation -------------------------------------------------------------------------
+    def score_mod(self, tq: int, tk: int) -> Callable[..., Tensor]:
+        """FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)``."""
+        fn = self.value(tk - tq)
+        return lambda score, b, h, q, k: score + fn(b, h, q, k)
+
+    def block(self, batch: int, heads: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
+        """Evaluate on the tile ``q_idx x kv_idx``: (B or 1, H or 1, tq, tk), float32."""
+        device = q_idx.device
+        nb = batch if self.batch_size() is not None else 1
+        nh = heads if self.heads() is not None else 1
+        out = self.value(offset)(
+            torch.arange(nb, device=device)[:, None, None, None],
+            torch.arange(nh, device=device)[None, :, None, None],
+            q_idx[None, None, :, None],
+            kv_idx[None, None, None, :],
+        )
+        return out.float().expand(nb, nh, q_idx.numel(), kv_idx.numel())
+
+    def dense(
+        self, batch: int, heads: int, tq: int, tk: int, device: torch.device | str = "cpu"
+    ) -> Tensor:
+        """The bias as a float32 tensor (B or 1, H or 1, Tq, Tk)."""
+        device = torch.device(device)
+        return self.block(
+            batch, heads, torch.arange(tq, device=device), torch.arange(tk, device=device), tk - tq
+        )
+
+    def accumulate_grad(
+        self,
+        grads: list[Tensor | None],
+        batch: int,
+        heads: int,
+        q_idx: Tensor,
+        kv_idx: Tensor,
+        offset: int,
+        grad_tile: Tensor,
+    ) -> None:
+        """Add d(loss)/d(params) for one tile, given d(loss)/d(bias tile) (B, H, tq, tk)."""
+        params = self.params()
+        needed = [p for p in params if p.requires_grad]
+        if not needed:
+            return
+        with torch.enable_grad():
+            tile = self.block(batch, heads, q_idx, kv_idx, offset)
+            got = torch.autograd.grad(tile, needed, _reduce_to(grad_tile, tile.shape))
+        it = iter(got)
+        for i, p in enumerate(params):
+            if p.requires_grad:
+                g = next(it)
+                grads[i] = g if grads[i] is None else grads[i] + g
+
+    def __add__(self, other: Bias) -> Bias:
+        if not isinstance(other, Bias):
+            return NotImplemented
+        return _Sum(self, other)
+
+    def to(self, device: torch.device) -> Bias:
+        """The same bias with its tensors on ``device``."""
+        return self
+
+
+def _reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a gradient over the dimensions that were broadcast from size 1."""
+    dims = [i for i, (g, s) in enumerate(zip(grad.shape, shape, strict=True)) if s == 1 and g > 1]
+    return grad.sum(dims, keepdim=True) if dims else grad
+
+
+# -- tensor --------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class TensorBias(Bias):
+    """Any additive tensor broadcastable to (B, H, Tq, Tk); may require gradients."""
+
+    tensor: Tensor
+
+    def value(self, offset: int) -> ValueFn:
+        t = self.tensor
+        sb, sh, sq, sk = (int(s > 1) for s in t.shape)
+        return lambda b, h, q, k: t[b * sb, h * sh, q * sq, k * sk]
+
+    def params(self) -> tuple[Tensor, ...]:
+        return (self.tensor,)
+
+    def batch_size(self) -> int | None:
+        return self.tensor.shape[0] if self.tensor.shape[0] > 1 else None
+
+    def heads(self) -> int | None:
+        return self.tensor.shape[1] if self.tensor.shape[1] > 1 else None
+
+    def block(self, batch: int, heads: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
+        t = self.tensor
+        rows = t[:, :, q_idx] if t.shape[2] > 1 else t
+        tile = rows[..., kv_idx] if t.shape[3] > 1 else rows
+        return tile.float().expand(t.shape[0], t.shape[1], q_idx.numel(), kv_idx.numel())
+
+    def accumulate_grad(self, grads, batch, heads, q_idx, kv_idx, offset, grad_tile) -> None:
+        # Write the tile's gradient into its slice instead of autograd's full-size zeros per tile.
+        t = self.tensor
+        if not t.requires_grad:
+            return
+        if grads[0] is None:
+            grads[0] = torch.zeros_like(t)
+        g = _reduce_to(grad_tile, torch.Size((t.shape[0], t.shape[1], *grad_tile.shape[2:])))
+        qs = slice(int(q_idx[0]), int(q_idx[-1]) + 1) if t.shape[2] > 1 else slice(None)
+        ks = slice(int(kv_idx[0]), int(kv_idx[-1]) + 1) if t.shape[3] > 1 else slice(None)
+        if t.shape[2] == 1:
+            g = g.sum(2, keepdim=True)
+        if t.shape[3] == 1:
+            g = g.sum(3, keepdim=True)
+        grads[0][:, :, qs, ks] += g.to(t.dtype)
+
+    def to(self, device: torch.device) -> Bias:
+        return TensorBias(self.tensor.to(device))
+
+
+def from_tensor(bias: Tensor) -> TensorBias:
+    """Wrap a floating tensor broadcastable to (B, H, Tq, Tk)."""
+    if not isinstance(bias, Tensor) or not bias.dtype.is_floating_point:
+        got = bias.dtype if isinstance(bias, Tensor) else type(bias).__name__
+        raise TypeError(f"bias: expected a floating-point tensor, got {got}")
+    if bias.dim() > 4:
+        raise ValueError(
+            f"bias: expected at most 4 dims broadcastable to (B, H, Tq, Tk), "
+            f"got shape {tuple(bias.shape)}"
+        )
+    while bias.dim() < 4:
+        bias = bias.unsqueeze(0)
+    return TensorBias(bias)
+
+
+# -- ALiBi ---------------------------------------------------------------------------------------
+def alibi_slopes(n_heads: int) -> Tensor:
+    """Head slopes of ALiBi (Press et al. 2022, "Train Short, Test Long").
+
+    For a power of two n the slopes are the geometric sequence 2^(-8/n), 2^(-16/n), ...; otherwise
+    the paper takes the slopes of the closest smaller power of two and fills the remaining heads
+    with every other slope of the next power of two.
+    """
+    if not isinstance(n_heads, int) or n_heads < 1:
+        raise ValueError(f"n_heads: expected a positive int, got {n_heads!r}")
+
+    def powers(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    closest = 2 ** math.floor(math.log2(n_heads))
+    slopes = powers(closest)
+    if closest < n_heads:
+        slopes += powers(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class ALiBi(Bias):
+    """Linear distance penalty ``-slope_h * |i - j|`` per head; no parameters.
+
+    For causal attention this equals the paper's ``slope_h * (j - i)``; the absolute value
+    gives the symmetric form used by bidirectional encoders.
+    """
+
+    slopes: Tensor  # (H,)
+
+    def value(self, offset: int) -> ValueFn:
+        slopes = self.slopes
+        return lambda b, h, q, k: -slopes[h] * (q + offset - k).abs()
+
+    def heads(self) -> int:
+        return self.slopes.shape[0]
+
+    def to(self, device: torch.device) -> Bias:
+        return ALiBi(self.slopes.to(device))
+
+
+def alibi(n_heads: int) -> ALiBi:
+    """ALiBi bias for ``n_heads`` heads with the paper's slopes."""
+    return ALiBi(alibi_slopes(n_heads))
+
+
+# -- T5 relative position buckets ----------------------------------------------------------------
+def t5_bucket(
+    relative_position: Tensor, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Tensor:
+    """Map ``key_pos - query_pos`` to a bucket (Raffel et al. 2020, T5).
+
+    Half the buckets hold exact small distances; the rest grow logarithmically up to
+    ``max_distance``, beyond which all distances share the last bucket. Bidirectional buckets
+    spend half the range on each direction; causal ones clamp future positions to distance 0.
+    """
+    bucket = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (relative_position > 0).long() * num_buckets
+        n = relative_position.abs()
+    else:
+        n = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    # Clamp to 1 first: log(0) is -inf, and those entries take the exact branch anyway.
+    log_ratio = torch.log(n.float().clamp(min=1) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).long()
+    large = large.clamp(max=num_buckets - 1)
+    return bucket + torch.where(is_small, n, large)
+
+
+@dataclass(frozen=True, eq=False)
+class T5Bias(Bias):
+    """A learned scalar per (relative-position bucket, head); see :class:`RelativePositionBias`."""
+
+    weight: Tensor  # (num_buckets, H)
+    bidirectional: bool
+    num_buckets: int
+    max_distance: int
+
+    def value(self, offset: int) -> ValueFn:
+        w, kw = self.weight, self._bucket_kwargs()
+
+        def fn(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            return w[t5_bucket(k - q - offset, **kw), h]
+
+        return fn
+
+    def _bucket_kwargs(self) -> dict:
+        return {
+            "bidirectional": self.bidirectional,
+            "num_buckets": self.num_buckets,
+            "max_distance": self.max_distance,
+        }
+
+    def block(self, batch: int, heads: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
+        # Look up buckets once per tile and gather all heads: (tq, tk, H) -> (1, H, tq, tk).
+        rel = kv_idx[None, :] - q_idx[:, None] - offset
+        bucket = t5_bucket(rel, **self._bucket_kwargs())
+        return self.weight[bucket].permute(2, 0, 1).unsqueeze(0).float()
+
+    def params(self) -> tuple[Tensor, ...]:
+        return (self.weight,)
+
+    def heads(self) -> int:
+        return self.weight.shape[1]
+
+    def to(self, device: torch.device) -> Bias:
+        return T5Bias(self.weight.to(device), **self._bucket_kwargs())
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned relative position bias; ``module()`` gives the :class:`Bias` to attend with.
+
+    Args:
+        n_heads: number of attention heads (one learned scalar per bucket and head).
+        num_buckets: number of relative position buckets (T5 uses 32).
+        max_distance: distances at or beyond this share the last bucket (T5 uses 128).
+        bidirectional: encoder-style buckets for both directions; False for causal decoders.
+    """
+
+    def __init__(
+        self,
+        n_heads: int,
+        *,
+        num_buckets: int = 32,
+        max_distance: int = 128,
+        bidirectional: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_buckets < 4:
+            raise ValueError(f"num_buckets: expected at least 4, got {num_buckets}")
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.bidirectional = bidirectional
+        self.weight = nn.Parameter(torch.empty(num_buckets, n_heads))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self) -> T5Bias:
+        return T5Bias(self.weight, self.bidirectional, self.num_buckets, self.max_distance)
+
+
+# -- sums ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class _Sum(Bias):
+    a: Bias
+    b: Bias
+
+    def value(self, offset: int) -> ValueFn:
+        fa, fb = self.a.value(offset), self.b.value(offset)
+        return lambda b, h, q, k: fa(b, h, q, k) + fb(b, h, q, k)
+
+    def block(self, batch: int, heads: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
+        return self.a.block(batch, heads, q_idx, kv_idx, offset) + self.b.block(
+            batch, heads, q_idx, kv_idx, offset
+        )
+
+    def params(self) -> tuple[Tensor, ...]:
+        return self.a.params() + self.b.params()
+
+    def batch_size(self) -> int | None:
+        return self.a.batch_size() or self.b.batch_size()
+
+    def heads(self) -> int | None:
+        return self.a.heads() or self.b.heads()
+
+    def accumulate_grad(self, grads, batch, heads, q_idx, kv_idx, offset, grad_tile) -> None:
+        na = len(self.a.params())
+        ga, gb = grads[:na], grads[na:]
+        self.a.accumulate_grad(ga, batch, heads, q_idx, kv_idx, offset, grad_tile)
+        self.b.accumulate_grad(gb, batch, heads, q_idx, kv_idx, offset, grad_tile)
+        grads[:] = ga + gb
+
+    def to(self, device: torch.device) -> Bias:
+        return _Sum(self.a.to(device), self.b.to(device))
+
+
+def check_bias(bias: Bias, batch: int, heads: int, tq: int, tk: int) -> None:
+    """Raise ValueError when ``bias`` cannot apply to a (B, H, Tq, Tk) score matrix."""
+    n, h = bias.batch_size(), bias.heads()
+    if n is not None and n != batch:
+        raise ValueError(f"bias: built for batch size {n}, but q has batch size {batch}")
+    if h is not None and h != heads:
+        raise ValueError(f"bias: built for {h} heads, but q has {heads} heads")
+    for leaf in _leaves(bias):
+        if isinstance(leaf, TensorBias):
+            want = (batch, heads, tq, tk)
+            if any(s not in (1, w) for s, w in zip(leaf.tensor.shape, want, strict=True)):
+                raise ValueError(
+                    f"bias: expected a shape broadcastable to (B, H, Tq, Tk) = {want}, "
+                    f"got {tuple(leaf.tensor.shape)}"
+                )
+
+
+def _leaves(bias: Bias) -> list[Bias]:
+    if isinstance(bias, _Sum):
+        return _leaves(bias.a) + _leaves(bias.b)
+    return [bias]
+
+
+def tensors_of(bias: Bias) -> list[Tensor]:
+    """Every tensor a bias holds (slopes, tables, user tensors)."""
+    return [v for b in _leaves(bias) for v in vars(b).values() if isinstance(v, Tensor)]

@@ -1,0 +1,409 @@
+"""Attention masks as small composable objects.
+
+A mask says which (query, key) pairs may attend. Each mask is defined once, as a predicate over
+index tensors, and that one definition serves every backend:
+
+* ``mask.dense(...)`` evaluates it on broadcast index grids: a boolean tensor for SDPA and the
+  eager reference;
+* ``mask.mask_mod(tq, tk)`` is the same predicate in FlexAttention's ``mask_mod`` signature;
+* ``mask.block(...)`` evaluates it on one tile, for the chunked backend.
+
+Masks combine with ``&`` (both allow), ``|`` (either allows) and ``~``.
+
+Alignment: when there are fewer queries than keys (decoding with a KV cache) the queries are the
+*last* ``Tq`` positions, so position-based masks align to the bottom right: query ``i`` sits at
+absolute position ``i + Tk - Tq``. With ``Tq > Tk`` the offset is negative and early query rows
+of a causal mask see no key at all; backends return zeros for such rows.
+
+Shapes: B batch, H heads, Tq queries, Tk keys. Dense masks are (B or 1, 1, Tq, Tk), True = attend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# A predicate over broadcastable index tensors (b, h, q_idx, kv_idx) -> bool tensor.
+Predicate = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+class Mask:
+    """Base class: subclasses implement :meth:`predicate`."""
+
+    # True only for the plain causal mask, so backends can use their built-in causal fast path.
+    is_causal: bool = False
+
+    def predicate(self, offset: int) -> Predicate:
+        """The mask as a function of (b, h, q_idx, kv_idx); ``offset = Tk - Tq`` aligns queries."""
+        raise NotImplementedError
+
+    def density(self, tq: int, tk: int) -> float:
+        """Rough fraction of (query, key) pairs allowed; used to prefer block-sparse backends."""
+        return 1.0
+
+    def batch_size(self) -> int | None:
+        """Batch size the mask was built for, or None when it does not depend on the batch."""
+        return None
+
+    def to(self, device: torch.device) -> Mask:
+        """The same mask with its tensors on ``device``."""
+        return self
+
+    # -- evaluation -------------------------------------------------------------------------
+    def mask_mod(self, tq: int, tk: int) -> Predicate:
+        """FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` for ``tq`` queries and ``tk`` keys."""
+        return self.predicate(tk - tq)
+
+    def block(self, batch: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
+        """Evaluate on the tile ``q_idx x kv_idx`` (1-D index tensors): (B or 1, 1, tq, tk)."""
+        device = q_idx.device
+        b = torch.arange(batch if self.batch_size() is not None else 1, device=device)
+        out = self.predicate(offset)(
+            b[:, None, None, None],
+            torch.zeros(1, 1, 1, 1, dtype=torch.long, device=device),
+            q_idx[None, None, :, None],
+            kv_idx[None, None, None, :],
+        )
+        return out.expand(b.numel(), 1, q_idx.numel(), kv_idx.numel())
+
+    def dense(self, batch: int, tq: int, tk: int, device: torch.device | str = "cpu") -> Tensor:
+        """Boolean mask (B or 1, 1, Tq, Tk); True where a query may attend to a key."""
+        device = torch.device(device)
+        return self.block(
+            batch,
+            torch.arange(tq, device=device),
+            torch.arange(tk, device=device),
+            tk - tq,
+        )
+
+    # -- composition ------------------------------------------------------------------------
+    def __and__(self, other: Mask) -> Mask:
+        return _And(self, _as_mask(other, "other"))
+
+    def __or__(self, other: Mask) -> Mask:
+        return _Or(self, _as_mask(other, "other"))
+
+    def __invert__(self) -> Mask:
+        return _Not(self)
+
+
+def _as_mask(m: object, name: str) -> Mask:
+    if not isinstance(m, Mask):
+        raise TypeError(f"{name}: expected an attnlab Mask, got {type(m).__name__}")
+    return m
+
+
+def _long_vector(x: object, name: str) -> Tensor:
+    t = torch.as_tensor(x)
+    if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ValueError(
+            f"{name}: expected a 1-D integer tensor of shape (B,), "
+            f"got dtype {t.dtype} and shape {tuple(t.shape)}"
+        )
+    return t.long()
+
+
+def _batch_of(*masks: Mask) -> int | None:
+    sizes = {m.batch_size() for m in masks} - {None}
+    if len(sizes) > 1:
+        raise ValueError(f"mask: combined masks disagree on the batch size: {sorted(sizes)}")
+    return sizes.pop() if sizes else None
+
+
+# -- position masks ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Causal(Mask):
+    is_causal = True
+
+    def predicate(self, offset: int) -> Predicate:
+        return lambda b, h, q, k: q + offset >= k
+
+    def density(self, tq: int, tk: int) -> float:
+        return 0.5 if tq > 1 else 1.0
+
+
+@dataclass(frozen=True)
+class _SlidingWindow(Mask):
+    size: int
+    causal: bool = True
+
+    def predicate(self, offset: int) -> Predicate:
+        size = self.size
+        if self.causal:
+            return lambda b, h, q, k: (q + offset >= k) & (q + offset - k < size)
+        return lambda b, h, q, k: (q + offset - k < size) & (k - q - offset < size)
+
+    def density(self, tq: int, tk: int) -> float:
+        width = self.size if self.causal else 2 * self.size - 1
+        return min(1.0, width / max(tk, 1))
+
+
+@dataclass(frozen=True, eq=False)
+class _Padding(Mask):
+    lengths: Tensor
+
+    def predicate(self, offset: int) -> Predicate:
+        lengths = self.lengths
+        return lambda b, h, q, k: k < lengths[b]
+
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    def to(self, device: torch.device) -> Mask:
+        return _Padding(self.lengths.to(device))
+
+
+@dataclass(frozen=True, eq=False)
+class _PrefixLM(Mask):
+    prefix_lengths: Tensor
+
+    def predicate(self, offset: int) -> Predicate:
+        prefix = self.prefix_lengths
+        return lambda b, h, q, k: (k < prefix[b]) | (q + offset >= k)
+
+    def density(self, tq: int, tk: int) -> float:
+        return 0.5
+
+    def batch_size(self) -> int:
+        return self.prefix_lengths.shape[0]
+
+    def to(self, device: torch.device) -> Mask:
+        return _PrefixLM(self.prefix_lengths.to(device))
+
+
+@dataclass(frozen=True, eq=False)
+class _Document(Mask):
+    q_doc_ids: Tensor
+    kv_doc_ids: Tensor
+    causal: bool
+
+    def predicate(self, offset: int) -> Predicate:
+        qd, kd, causal = self.q_doc_ids, self.kv_doc_ids, self.causal
+        # Self-attention over packed sequences: query ids are the last Tq entries of the key ids.
+        shift = offset if qd is kd else 0
+
+        def same_doc(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            allowed = qd[b, q + shift] == kd[b, k]
+            return allowed & (q + offset >= k) if causal else allowed
+
+        return same_doc
+
+    def density(self, tq: int, tk: int) -> float:
+        n_docs = int(self.kv_doc_ids[0].unique().numel()) if self.kv_doc_ids.numel() else 1
+        return (0.5 if self.causal else 1.0) / max(n_docs, 1)
+
+    def batch_size(self) -> int:
+        return self.kv_doc_ids.shape[0]
+
+    def to(self, device: torch.device) -> Mask:
+        same = self.q_doc_ids is self.kv_doc_ids
+        kd = self.kv_doc_ids.to(device)
+        return _Document(kd if same else self.q_doc_ids.to(device), kd, self.causal)
+
+
+@dataclass(frozen=True, eq=False)
+class _FromTensor(Mask):
+    """A user's boolean tensor broadcastable to (B, H, Tq, Tk)."""
+
+    tensor: Tensor  # 4-D, True = attend
+
+    def predicate(self, offset: int) -> Predicate:
+        t = self.tensor
+        sb, sh, sq, sk = (int(s > 1) for s in t.shape)
+        # Multiplying an index by 0 picks entry 0 of a broadcast (size-1) dimension.
+        return lambda b, h, q, k: t[b * sb, h * sh, q * sq, k * sk]
+
+    def block(self, batch: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
+        t = self.tensor
+        rows = t[:, :, q_idx] if t.shape[2] > 1 else t
+        tile = rows[..., kv_idx] if t.shape[3] > 1 else rows
+        return tile.expand(t.shape[0], t.shape[1], q_idx.numel(), kv_idx.numel())
+
+    def batch_size(self) -> int | None:
+        return self.tensor.shape[0] if self.tensor.shape[0] > 1 else None
+
+    def to(self, device: torch.device) -> Mask:
+        return _FromTensor(self.tensor.to(device))
+
+
+# -- combinations --------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class _And(Mask):
+    a: Mask
+    b: Mask
+
+    def __post_init__(self) -> None:
+        _batch_of(self.a, self.b)
+
+    def predicate(self, offset: int) -> Predicate:
+        pa, pb = self.a.predicate(offset), self.b.predicate(offset)
+        return lambda b, h, q, k: pa(b, h, q, k) & pb(b, h, q, k)
+
+    def density(self, tq: int, tk: int) -> float:
+        return min(self.a.density(tq, tk), self.b.density(tq, tk))
+
+    def batch_size(self) -> int | None:
+        return _batch_of(self.a, self.b)
+
+    def block(self, batch: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
+        return self.a.block(batch, q_idx, kv_idx, offset) & self.b.block(
+            batch, q_idx, kv_idx, offset
+        )
+
+    def to(self, device: torch.device) -> Mask:
+        return _And(self.a.to(device), self.b.to(device))
+
+
+@dataclass(frozen=True, eq=False)
+class _Or(Mask):
+    a: Mask
+    b: Mask
+
+    def __post_init__(self) -> None:
+        _batch_of(self.a, self.b)
+
+    def predicate(self, offset: int) -> Predicate:
+        pa, pb = self.a.predicate(offset), self.b.predicate(offset)
+        return lambda b, h, q, k: pa(b, h, q, k) | pb(b, h, q, k)
+
+    def density(self, tq: int, tk: int) -> float:
+        return min(1.0, self.a.density(tq, tk) + self.b.density(tq, tk))
+
+    def batch_size(self) -> int | None:
+        return _batch_of(self.a, self.b)
+
+    def block(self, batch: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
+        return self.a.block(batch, q_idx, kv_idx, offset) | self.b.block(
+            batch, q_idx, kv_idx, offset
+        )
+
+    def to(self, device: torch.device) -> Mask:
+        return _Or(self.a.to(device), self.b.to(device))
+
+
+@dataclass(frozen=True, eq=False)
+class _Not(Mask):
+    a: Mask
+
+    def predicate(self, offset: int) -> Predicate:
+        pa = self.a.predicate(offset)
+        return lambda b, h, q, k: ~pa(b, h, q, k)
+
+    def batch_size(self) -> int | None:
+        return self.a.batch_size()
+
+    def block(self, batch: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
+        return ~self.a.block(batch, q_idx, kv_idx, offset)
+
+    def to(self, device: torch.device) -> Mask:
+        return _Not(self.a.to(device))
+
+
+# -- public constructors -------------------------------------------------------------------------
+def causal() -> Mask:
+    """Each query attends to keys at its own position and before (bottom-right aligned)."""
+    return _Causal()
+
+
+def sliding_window(size: int, *, causal: bool = True) -> Mask:
+    """Causal local attention over the last ``size`` keys (the query's own position included).
+
+    With ``causal=False`` the window is symmetric: keys less than ``size`` positions away on
+    either side (Longformer-style local attention).
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size: expected a positive int, got {size!r}")
+    return _SlidingWindow(size, causal)
+
+
+def padding(lengths: Tensor | list[int]) -> Mask:
+    """Keys at positions ``>= lengths[b]`` are padding and never attended to. lengths: (B,)."""
+    return _Padding(_long_vector(lengths, "lengths"))
+
+
+def prefix_lm(prefix_lengths: Tensor | list[int]) -> Mask:
+    """Prefix-LM (Raffel et al. 2020): keys in the prefix are visible to all, the rest causally."""
+    return _PrefixLM(_long_vector(prefix_lengths, "prefix_lengths"))
+
+
+def document(doc_ids: Tensor, *, kv_doc_ids: Tensor | None = None, causal: bool = False) -> Mask:
+    """Block-diagonal mask for packed sequences: attend only within the same document.
+
+    ``doc_ids`` is (B, T) with a document id per position. For self-attention with a KV cache
+    give ids for all Tk positions; the queries use the last Tq of them. For cross-attention give
+    the query ids as ``doc_ids`` and the key ids as ``kv_doc_ids``.
+    """
+    q_ids = _doc_ids(doc_ids, "doc_ids")
+    kv_ids = q_ids if kv_doc_ids is None else _doc_ids(kv_doc_ids, "kv_doc_ids")
+    if kv_ids.shape[0] != q_ids.shape[0]:
+        raise ValueError(
+            f"kv_doc_ids: expected batch size {q_ids.shape[0]} like doc_ids, got {kv_ids.shape[0]}"
+        )
+    return _Document(q_ids, kv_ids, causal)
+
+
+def _doc_ids(x: Tensor, name: str) -> Tensor:
+    t = torch.as_tensor(x)
+    if t.dim() != 2 or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ValueError(
+            f"{name}: expected a 2-D integer tensor (B, T), "
+            f"got dtype {t.dtype} and shape {tuple(t.shape)}"
+        )
+    return t.long()
+
+
+def from_tensor(mask: Tensor) -> Mask:
+    """Wrap a boolean tensor broadcastable to (B, H, Tq, Tk); True = attend."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"mask: expected a boolean tensor (True = attend), got {got}")
+    if mask.dim() > 4:
+        raise ValueError(
+            f"mask: expected at most 4 dims broadcastable to (B, H, Tq, Tk), "
+            f"got shape {tuple(mask.shape)}"
+        )
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    return _FromTensor(mask)
+
+
+def check_mask(mask: Mask, batch: int, heads: int, tq: int, tk: int) -> None:
+    """Raise ValueError when ``mask`` cannot apply to a (B, H, Tq, Tk) score matrix."""
+    n = mask.batch_size()
+    if n is not None and n != batch:
+        raise ValueError(f"mask: built for batch size {n}, but q has batch size {batch}")
+    for m in _leaves(mask):
+        if isinstance(m, _FromTensor):
+            want = (batch, heads, tq, tk)
+            if any(s not in (1, w) for s, w in zip(m.tensor.shape, want, strict=True)):
+                raise ValueError(
+                    f"mask: expected a shape broadcastable to (B, H, Tq, Tk) = {want}, "
+                    f"got {tuple(m.tensor.shape)}"
+                )
+        elif isinstance(m, _Document):
+            for ids, name, t in ((m.q_doc_ids, "doc_ids", tq), (m.kv_doc_ids, "kv_doc_ids", tk)):
+                if m.q_doc_ids is m.kv_doc_ids and name == "doc_ids":
+                    continue
+                if ids.shape[1] != t:
+                    raise ValueError(f"mask: {name} has length {ids.shape[1]}, expected {t}")
+
+
+def _leaves(mask: Mask) -> list[Mask]:
+    if isinstance(mask, (_And, _Or)):
+        return _leaves(mask.a) + _leaves(mask.b)
+    if isinstance(mask, _Not):
+        return _leaves(mask.a)
+    return [mask]
+
+
+def tensors_of(mask: Mask) -> list[Tensor]:
+    """Every tensor a mask holds (lengths, ids, user tensors)."""
+    return [v for m in _leaves(mask) for v in vars(m).values() if isinstance(v, Tensor)]
+
+
+def head_dependent(mask: Mask) -> bool:
+    """True when some part of the mask varies across heads (a user tensor with H > 1)."""
+    return any(isinstance(m, _FromTensor) and m.tensor.shape[1] > 1 for m in _leaves(mask))

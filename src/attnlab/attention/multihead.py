@@ -1,0 +1,180 @@
+"""Multi-head attention: projections, positions and caching around one ``attend`` call.
+
+This module builds queries, keys and values, applies positions (RoPE rotates q and k; ALiBi and
+T5 add a score bias), keeps the KV cache, and hands the kernel work to a score function, which
+for every score but ``additive`` is :func:`attnlab.attention.attend` with a backend by name.
+
+Self-attention: ``mha(x)``. Cross-attention: ``mha(x, context)``, keys and values from
+``context`` (of width ``kv_dim``). Grouped-query attention: ``n_kv_heads`` < ``n_heads``
+(multi-query with 1).
+
+Shapes: B batch, T query length, S key length, C model width, H heads, Hkv key/value heads,
+Dh head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.attention import masks as mask_lib
+from attnlab.attention.bias import Bias, RelativePositionBias
+from attnlab.attention.kv_cache import KVCache
+from attnlab.attention.masks import Mask
+from attnlab.attention.scores import make_score
+from attnlab.position.rope import RotaryEmbedding
+
+Position = RotaryEmbedding | RelativePositionBias | Bias | None
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head, grouped-query and multi-query attention, self or cross.
+
+    Args:
+        dim: model width C of the input (and output).
+        n_heads: query heads H.
+        n_kv_heads: key/value heads Hkv (H must be a multiple); default H.
+        head_dim: per-head width Dh; default C // H.
+        kv_dim: width of the cross-attention context; default C.
+        bias: biases on the q/k/v/output projections.
+        qk_norm: RMSNorm on each query and key head before attention (stabilises training of
+            large models; Dehghani et al. 2023, Wortsman et al. 2023).
+        dropout: dropout on attention probabilities while training.
+        position: a ``RotaryEmbedding`` (rotates q and k), a ``RelativePositionBias`` (T5, a
+            learned bias, trained with this module) or a fixed ``Bias`` such as ``alibi(H)``.
+        score: scoring function name: "dot", "general", "cosine", "euclidean", "additive".
+        backend: attention backend name, or "auto".
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        *,
+        head_dim: int | None = None,
+        kv_dim: int | None = None,
+        bias: bool = True,
+        qk_norm: bool = False,
+        dropout: float = 0.0,
+        position: Position = None,
+        score: str = "dot",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(
+                f"n_kv_heads: expected a divisor of n_heads={n_heads}, got {n_kv_heads}"
+            )
+        if head_dim is None:
+            if dim % n_heads:
+                raise ValueError(
+                    f"dim: expected a multiple of n_heads={n_heads} (or pass head_dim), got {dim}"
+                )
+            head_dim = dim // n_heads
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a float in [0, 1), got {dropout}")
+        kv_dim = dim if kv_dim is None else kv_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.dropout, self.backend = dropout, backend
+        self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=bias)
+        self.out_proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
+        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
+        if position is not None and not isinstance(
+            position, (RotaryEmbedding, RelativePositionBias, Bias)
+        ):
+            raise TypeError(
+                "position: expected a RotaryEmbedding, RelativePositionBias, Bias or None, "
+                f"got {type(position).__name__}"
+            )
+        self.position = position
+        self.score = make_score(score, head_dim=head_dim, n_kv_heads=n_kv_heads)
+
+    def _heads(self, x: Tensor, n: int) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, T, n*Dh) -> (B, n, T, Dh)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        mask: Mask | Tensor | None = None,
+        cache: KVCache | None = None,
+        positions: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from ``x`` (B, T, C) to itself, or to ``context`` (B, S, kv_dim).
+
+        Args:
+            mask: an attnlab mask or boolean tensor (True = attend) over (B, H, T, S).
+            cache: self-attention KV cache; new keys/values are appended and all cached ones
+                attended to, so decoding token by token equals the full forward.
+            positions: absolute positions of the queries, (T,) or (B, T), for RoPE; default
+                continues the cache (or 0..T-1 without one).
+            need_weights: also return attention weights (B, H, T, S) (reference backend).
+
+        Returns:
+            (B, T, C), or (output, weights) with ``need_weights``.
+        """
+        if x.dim() != 3:
+            raise ValueError(f"x: expected 3 dims (B, T, C), got shape {tuple(x.shape)}")
+        source = x if context is None else context
+        if context is not None and cache is not None:
+            raise ValueError("cache: only self-attention keys/values are cached (context given)")
+        q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, Dh)
+        k = self._heads(self.k_proj(source), self.n_kv_heads)  # (B, Hkv, S, Dh)
+        v = self._heads(self.v_proj(source), self.n_kv_heads)  # (B, Hkv, S, Dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+
+        if positions is None:
+            start = cache.length if cache is not None else 0
+            positions = torch.arange(start, start + x.shape[1], device=x.device)
+        bias = None
+        if isinstance(self.position, RotaryEmbedding):
+            if context is None:
+                q, k = self.position(q, k, positions)
+            else:  # cross-attention: only the queries have positions in this sequence
+                q = self.position.rotate(q, positions)
+        elif isinstance(self.position, RelativePositionBias):
+            bias = self.position()
+        elif isinstance(self.position, Bias):
+            bias = self.position
+        if cache is not None:
+            k, v = cache.update(k, v)
+
+        if isinstance(mask, Tensor):
+            mask = mask_lib.from_tensor(mask)
+        result = self.score(
+            q,
+            k,
+            v,
+            mask=mask,
+            bias=bias,
+            dropout_p=self.dropout if self.training else 0.0,
+            backend=self.backend,
+            return_weights=need_weights,
+        )
+        out, weights = result if need_weights else (result, None)
+        b, _, t, _ = out.shape
+        out = self.out_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, H, T, Dh) -> (B, T, C)
+        return (out, weights) if need_weights else out
+
+    def make_cache(
+        self, batch: int, max_len: int, *, dtype: torch.dtype | None = None, device=None
+    ) -> KVCache:
+        """A KV cache sized for this module's key/value heads."""
+        weight = self.k_proj.weight
+        return KVCache(
+            batch,
+            self.n_kv_heads,
+            max_len,
+            self.head_dim,
+            dtype=dtype or weight.dtype,
+            device=device or weight.device,
+        )

@@ -1,0 +1,91 @@
+"""Hypothesis strategies for attention calls: shapes, masks and biases of every kind."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+from attnlab.attention import bias as bias_lib
+from attnlab.attention import masks
+
+
+@st.composite
+def shapes(draw, max_t: int = 24):
+    b = draw(st.integers(1, 2))
+    hkv = draw(st.integers(1, 2))
+    g = draw(st.integers(1, 3))
+    tq = draw(st.integers(1, max_t))
+    tk = draw(st.one_of(st.just(tq), st.integers(1, max_t)))
+    d = draw(st.sampled_from([1, 3, 8]))
+    dv = draw(st.sampled_from([2, 5, 8]))
+    return b, hkv * g, hkv, tq, tk, d, dv
+
+
+def _lengths(draw, b: int, t: int) -> torch.Tensor:
+    return torch.tensor(draw(st.lists(st.integers(0, t), min_size=b, max_size=b)))
+
+
+def _doc_ids(draw, b: int, t: int) -> torch.Tensor:
+    rows = []
+    for _ in range(b):
+        steps = draw(st.lists(st.booleans(), min_size=t, max_size=t))
+        rows.append(torch.tensor(steps, dtype=torch.long).cumsum(0))
+    return torch.stack(rows)
+
+
+@st.composite
+def single_mask(draw, b: int, h: int, tq: int, tk: int):
+    kind = draw(
+        st.sampled_from(
+            ["causal", "window", "window_sym", "padding", "prefix", "doc", "doc_causal", "tensor"]
+        )
+    )
+    if kind == "causal":
+        return masks.causal()
+    if kind == "window":
+        return masks.sliding_window(draw(st.integers(1, tk + 1)))
+    if kind == "window_sym":
+        return masks.sliding_window(draw(st.integers(1, tk + 1)), causal=False)
+    if kind == "padding":
+        return masks.padding(_lengths(draw, b, tk))
+    if kind == "prefix":
+        return masks.prefix_lm(_lengths(draw, b, tk))
+    if kind in ("doc", "doc_causal"):
+        return masks.document(_doc_ids(draw, b, tk), causal=kind == "doc_causal")
+    shape = (draw(st.sampled_from([1, b])), draw(st.sampled_from([1, h])), tq, tk)
+    return masks.from_tensor(torch.rand(shape) < draw(st.floats(0.2, 0.9)))
+
+
+@st.composite
+def any_mask(draw, b: int, h: int, tq: int, tk: int):
+    """None, one mask, or two combined with & or |."""
+    n = draw(st.integers(0, 2))
+    if n == 0:
+        return None
+    m = draw(single_mask(b, h, tq, tk))
+    if n == 2:
+        other = draw(single_mask(b, h, tq, tk))
+        m = (m & other) if draw(st.booleans()) else (m | other)
+    return m
+
+
+@st.composite
+def any_bias(draw, b: int, h: int, tq: int, tk: int):
+    """None, ALiBi, a learnable T5 bias, a learnable tensor, or a sum; returns (bias, params)."""
+    kind = draw(st.sampled_from(["none", "alibi", "t5", "t5_causal", "tensor", "sum"]))
+    if kind == "none":
+        return None, []
+    if kind == "alibi":
+        return bias_lib.alibi(h), []
+    if kind in ("t5", "t5_causal"):
+        module = bias_lib.RelativePositionBias(
+            h, num_buckets=8, max_distance=16, bidirectional=kind == "t5"
+        )
+        with torch.no_grad():
+            module.weight.normal_()
+        return module(), [module.weight]
+    shape = (draw(st.sampled_from([1, b])), draw(st.sampled_from([1, h])), tq, tk)
+    t = torch.randn(shape, requires_grad=True)
+    if kind == "tensor":
+        return bias_lib.from_tensor(t), [t]
+    return bias_lib.from_tensor(t) + bias_lib.alibi(h), [t]

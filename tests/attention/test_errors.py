@@ -1,0 +1,103 @@
+"""Bad input to attend() raises ValueError/TypeError naming the argument, expected and actual."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from attnlab.attention import attend, bias, get_backend, masks
+
+
+def _qkv(b=2, h=4, hkv=2, tq=5, tk=6, d=8):
+    return torch.randn(b, h, tq, d), torch.randn(b, hkv, tk, d), torch.randn(b, hkv, tk, d)
+
+
+CASES = [
+    ("rank", lambda q, k, v: attend(q[0], k, v), r"q: expected 4 dims \(B, H, T, D\), got 3"),
+    ("heads", lambda q, k, v: attend(q[:, :3], k, v), "query heads H=3 must be a multiple of"),
+    ("kv heads", lambda q, k, v: attend(q, k, v[:, :1]), r"v: expected \(B, Hkv, Tk\)"),
+    ("head dim", lambda q, k, v: attend(q, k[..., :4], v), "k: expected head dim 8 like q, got 4"),
+    ("batch", lambda q, k, v: attend(q, k[:1], v[:1]), "k: expected batch size 2 like q, got 1"),
+    ("dtype", lambda q, k, v: attend(q, k.double(), v), "k: expected dtype torch.float32"),
+    ("int", lambda q, k, v: attend(q.long(), k, v), "q: expected a floating-point tensor"),
+    ("type", lambda q, k, v: attend(q.numpy(), k, v), "q: expected a torch.Tensor, got ndarray"),
+    (
+        "mask shape",
+        lambda q, k, v: attend(q, k, v, mask=torch.ones(5, 5, dtype=torch.bool)),
+        r"mask: expected a shape broadcastable to \(B, H, Tq, Tk\) = \(2, 4, 5, 6\), got "
+        r"\(1, 1, 5, 5\)",
+    ),
+    (
+        "mask batch",
+        lambda q, k, v: attend(q, k, v, mask=masks.padding([1, 2, 3])),
+        "mask: built for batch size 3, but q has batch size 2",
+    ),
+    (
+        "mask dtype",
+        lambda q, k, v: attend(q, k, v, mask=torch.ones(5, 6)),
+        "mask: expected a boolean tensor",
+    ),
+    (
+        "doc length",
+        lambda q, k, v: attend(q, k, v, mask=masks.document(torch.zeros(2, 5, dtype=torch.long))),
+        "mask: kv_doc_ids has length 5, expected 6",
+    ),
+    (
+        "bias heads",
+        lambda q, k, v: attend(q, k, v, bias=bias.alibi(3)),
+        "bias: built for 3 heads, but q has 4 heads",
+    ),
+    (
+        "bias shape",
+        lambda q, k, v: attend(q, k, v, bias=torch.zeros(1, 1, 5, 7)),
+        r"bias: expected a shape broadcastable to",
+    ),
+    ("scale", lambda q, k, v: attend(q, k, v, scale=-1.0), "scale: expected a positive float"),
+    ("dropout", lambda q, k, v: attend(q, k, v, dropout_p=1.5), r"dropout_p: expected a float in"),
+    (
+        "unknown backend",
+        lambda q, k, v: attend(q, k, v, backend="flash9"),
+        "backend: unknown backend 'flash9'; expected one of auto, chunked, flex, reference, sdpa",
+    ),
+    (
+        "dropout unsupported",
+        lambda q, k, v: attend(q, k, v, dropout_p=0.1, backend="chunked"),
+        r"backend: 'chunked' cannot run this call: dropout not supported \(dropout_p=0.1\)",
+    ),
+    (
+        "weights unsupported",
+        lambda q, k, v: attend(q, k, v, return_weights=True, backend="sdpa"),
+        "'sdpa' cannot run this call: cannot return attention weights",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "match"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_names_argument(name, call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(*_qkv())
+
+
+def test_mixed_devices_are_refused():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="k: expected device cpu like q, got meta"):
+        attend(q, k.to("meta"), v)
+    with pytest.raises(ValueError, match="mask: expected its tensors on device cpu like q"):
+        attend(q, k, v, mask=masks.padding(torch.tensor([1, 2], device="meta")))
+
+
+def test_auto_without_any_backend_lists_every_reason(monkeypatch):
+    # Only the reference returns weights; take float64 away from it and nothing can run.
+    reference = get_backend("reference")
+    narrowed = dataclasses.replace(reference.capabilities, dtypes=frozenset({torch.float32}))
+    monkeypatch.setattr(reference, "capabilities", narrowed)
+    q, k, v = (t.double() for t in _qkv())
+    with pytest.raises(ValueError, match="no attention backend supports this call") as info:
+        attend(q, k, v, return_weights=True)
+    text = str(info.value)
+    assert "reference: dtype torch.float64 not supported" in text
+    for name in ("sdpa", "chunked", "flex"):
+        assert f"{name}: " in text
+    assert text.count("cannot return attention weights") == 3

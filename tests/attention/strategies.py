@@ -51,7 +51,11 @@ def single_mask(draw, b: int, h: int, tq: int, tk: int):
     if kind == "prefix":
         return masks.prefix_lm(_lengths(draw, b, tk))
     if kind in ("doc", "doc_causal"):
-        return masks.document(_doc_ids(draw, b, tk), causal=kind == "doc_causal")
+        causal = kind == "doc_causal"
+        if tq <= tk and draw(st.booleans()):  # self-attention: queries are the last Tq ids
+            return masks.document(_doc_ids(draw, b, tk), causal=causal)
+        kv_ids = _doc_ids(draw, b, tk)
+        return masks.document(_doc_ids(draw, b, tq), kv_doc_ids=kv_ids, causal=causal)
     shape = (draw(st.sampled_from([1, b])), draw(st.sampled_from([1, h])), tq, tk)
     return masks.from_tensor(torch.rand(shape) < draw(st.floats(0.2, 0.9)))
 

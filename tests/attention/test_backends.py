@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import any_bias, any_mask, shapes
 
@@ -44,6 +44,7 @@ def _assert_close(name, got, want):
         torch.testing.assert_close(g, w, atol=ATOL, rtol=1e-4, msg=f"{name}: grad {label}")
 
 
+@settings(max_examples=400)
 @given(data=st.data())
 def test_sdpa_and_chunked_match_reference(data):
     b, h, hkv, tq, tk, d, dv = data.draw(shapes())

@@ -45,6 +45,13 @@ CASES = [
         "mask: kv_doc_ids has length 5, expected 6",
     ),
     (
+        "doc self tq>tk",
+        lambda q, k, v: attend(
+            q, k[:, :, :4], v[:, :, :4], mask=masks.document(torch.zeros(2, 4, dtype=torch.long))
+        ),
+        "so Tq=5 must be <= Tk; for cross-attention pass kv_doc_ids",
+    ),
+    (
         "bias heads",
         lambda q, k, v: attend(q, k, v, bias=bias.alibi(3)),
         "bias: built for 3 heads, but q has 4 heads",

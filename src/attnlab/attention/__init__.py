@@ -9,14 +9,25 @@ from attnlab.attention.backends import (
     get_backend,
     register_backend,
 )
-from attnlab.attention.bias import ALiBi, RelativePositionBias, alibi
+from attnlab.attention.bias import ALiBi, Bias, RelativePositionBias, alibi
+from attnlab.attention.kv_cache import KVCache
+from attnlab.attention.linear import PerformerAttention, linear_attention
+from attnlab.attention.local import local_attention
+from attnlab.attention.lowrank import LinformerAttention
 from attnlab.attention.masks import Mask
+from attnlab.attention.multihead import MultiHeadAttention
+from attnlab.attention.scores import make_score, register_score
 
 __all__ = [
     "ALiBi",
     "Backend",
+    "Bias",
     "Capabilities",
+    "KVCache",
+    "LinformerAttention",
     "Mask",
+    "MultiHeadAttention",
+    "PerformerAttention",
     "RelativePositionBias",
     "alibi",
     "attend",
@@ -24,6 +35,10 @@ __all__ = [
     "bias",
     "explain",
     "get_backend",
+    "linear_attention",
+    "local_attention",
+    "make_score",
     "masks",
     "register_backend",
+    "register_score",
 ]

@@ -384,6 +384,12 @@ def check_mask(mask: Mask, batch: int, heads: int, tq: int, tk: int) -> None:
                     f"got {tuple(m.tensor.shape)}"
                 )
         elif isinstance(m, _Document):
+            if m.q_doc_ids is m.kv_doc_ids and tq > tk:
+                raise ValueError(
+                    f"mask: document ids of self-attention cover the Tk={tk} key positions and "
+                    f"queries take the last Tq of them, so Tq={tq} must be <= Tk; for "
+                    "cross-attention pass kv_doc_ids"
+                )
             for ids, name, t in ((m.q_doc_ids, "doc_ids", tq), (m.kv_doc_ids, "kv_doc_ids", tk)):
                 if m.q_doc_ids is m.kv_doc_ids and name == "doc_ids":
                     continue

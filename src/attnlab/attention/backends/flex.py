@@ -35,7 +35,10 @@ except ImportError as exc:  # pragma: no cover - torch without FlexAttention
 
 @functools.cache
 def _compiled():
-    return torch.compile(flex_attention)
+    # Static shapes: with dynamic shapes, PyTorch 2.13's CPU code generation for FlexAttention
+    # fails to compile the kernel after a recompile for a new mask. The cost is one compile per
+    # new (shape, mask program) pair.
+    return torch.compile(flex_attention, dynamic=False)
 
 
 @functools.cache

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from attnlab.attention.masks import as_4d, broadcast_lookup, broadcast_tile, check_broadcast
+
 # A value function over broadcastable index tensors (b, h, q_idx, kv_idx) -> float tensor.
 ValueFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
@@ -124,9 +126,7 @@ class TensorBias(Bias):
     tensor: Tensor
 
     def value(self, offset: int) -> ValueFn:
-        t = self.tensor
-        sb, sh, sq, sk = (int(s > 1) for s in t.shape)
-        return lambda b, h, q, k: t[b * sb, h * sh, q * sq, k * sk]
+        return broadcast_lookup(self.tensor)
 
     def params(self) -> tuple[Tensor, ...]:
         return (self.tensor,)
@@ -138,10 +138,7 @@ class TensorBias(Bias):
         return self.tensor.shape[1] if self.tensor.shape[1] > 1 else None
 
     def block(self, batch: int, heads: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
-        t = self.tensor
-        rows = t[:, :, q_idx] if t.shape[2] > 1 else t
-        tile = rows[..., kv_idx] if t.shape[3] > 1 else rows
-        return tile.float().expand(t.shape[0], t.shape[1], q_idx.numel(), kv_idx.numel())
+        return broadcast_tile(self.tensor, q_idx, kv_idx).float()
 
     def accumulate_grad(self, grads, batch, heads, q_idx, kv_idx, offset, grad_tile) -> None:
         # Write the tile's gradient into its slice instead of autograd's full-size zeros per tile.
@@ -168,14 +165,7 @@ def from_tensor(bias: Tensor) -> TensorBias:
     if not isinstance(bias, Tensor) or not bias.dtype.is_floating_point:
         got = bias.dtype if isinstance(bias, Tensor) else type(bias).__name__
         raise TypeError(f"bias: expected a floating-point tensor, got {got}")
-    if bias.dim() > 4:
-        raise ValueError(
-            f"bias: expected at most 4 dims broadcastable to (B, H, Tq, Tk), "
-            f"got shape {tuple(bias.shape)}"
-        )
-    while bias.dim() < 4:
-        bias = bias.unsqueeze(0)
-    return TensorBias(bias)
+    return TensorBias(as_4d(bias, "bias"))
 
 
 # -- ALiBi ---------------------------------------------------------------------------------------
@@ -367,12 +357,7 @@ def check_bias(bias: Bias, batch: int, heads: int, tq: int, tk: int) -> None:
         raise ValueError(f"bias: built for {h} heads, but q has {heads} heads")
     for leaf in _leaves(bias):
         if isinstance(leaf, TensorBias):
-            want = (batch, heads, tq, tk)
-            if any(s not in (1, w) for s, w in zip(leaf.tensor.shape, want, strict=True)):
-                raise ValueError(
-                    f"bias: expected a shape broadcastable to (B, H, Tq, Tk) = {want}, "
-                    f"got {tuple(leaf.tensor.shape)}"
-                )
+            check_broadcast(leaf.tensor, "bias", (batch, heads, tq, tk))
 
 
 def _leaves(bias: Bias) -> list[Bias]:

@@ -81,13 +81,46 @@ class Mask:
 
     # -- composition ------------------------------------------------------------------------
     def __and__(self, other: Mask) -> Mask:
-        return _And(self, _as_mask(other, "other"))
+        return _Combined(self, _as_mask(other, "other"), "&")
 
     def __or__(self, other: Mask) -> Mask:
-        return _Or(self, _as_mask(other, "other"))
+        return _Combined(self, _as_mask(other, "other"), "|")
 
     def __invert__(self) -> Mask:
         return _Not(self)
+
+
+def broadcast_lookup(t: Tensor) -> Predicate:
+    """Index a 4-D tensor broadcastable to (B, H, Tq, Tk) with (b, h, q_idx, kv_idx)."""
+    sb, sh, sq, sk = (int(s > 1) for s in t.shape)
+    # Multiplying an index by 0 picks entry 0 of a broadcast (size-1) dimension.
+    return lambda b, h, q, k: t[b * sb, h * sh, q * sq, k * sk]
+
+
+def broadcast_tile(t: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    """The tile q_idx x kv_idx of a 4-D tensor broadcastable to (B, H, Tq, Tk)."""
+    rows = t[:, :, q_idx] if t.shape[2] > 1 else t
+    tile = rows[..., kv_idx] if t.shape[3] > 1 else rows
+    return tile.expand(t.shape[0], t.shape[1], q_idx.numel(), kv_idx.numel())
+
+
+def as_4d(t: Tensor, name: str) -> Tensor:
+    """Prepend size-1 dims up to 4; ValueError naming ``name`` for more than 4 dims."""
+    if t.dim() > 4:
+        raise ValueError(
+            f"{name}: expected at most 4 dims broadcastable to (B, H, Tq, Tk), "
+            f"got shape {tuple(t.shape)}"
+        )
+    return t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+
+
+def check_broadcast(t: Tensor, name: str, want: tuple[int, int, int, int]) -> None:
+    """ValueError naming ``name`` unless the 4-D ``t`` broadcasts to ``want``."""
+    if any(s not in (1, w) for s, w in zip(t.shape, want, strict=True)):
+        raise ValueError(
+            f"{name}: expected a shape broadcastable to (B, H, Tq, Tk) = {want}, "
+            f"got {tuple(t.shape)}"
+        )
 
 
 def _as_mask(m: object, name: str) -> Mask:
@@ -211,16 +244,10 @@ class _FromTensor(Mask):
     tensor: Tensor  # 4-D, True = attend
 
     def predicate(self, offset: int) -> Predicate:
-        t = self.tensor
-        sb, sh, sq, sk = (int(s > 1) for s in t.shape)
-        # Multiplying an index by 0 picks entry 0 of a broadcast (size-1) dimension.
-        return lambda b, h, q, k: t[b * sb, h * sh, q * sq, k * sk]
+        return broadcast_lookup(self.tensor)
 
     def block(self, batch: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
-        t = self.tensor
-        rows = t[:, :, q_idx] if t.shape[2] > 1 else t
-        tile = rows[..., kv_idx] if t.shape[3] > 1 else rows
-        return tile.expand(t.shape[0], t.shape[1], q_idx.numel(), kv_idx.numel())
+        return broadcast_tile(self.tensor, q_idx, kv_idx)
 
     def batch_size(self) -> int | None:
         return self.tensor.shape[0] if self.tensor.shape[0] > 1 else None
@@ -231,57 +258,37 @@ class _FromTensor(Mask):
 
 # -- combinations --------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
-class _And(Mask):
+class _Combined(Mask):
+    """``a & b`` (both allow) or ``a | b`` (either allows)."""
+
     a: Mask
     b: Mask
+    op: str  # "&" or "|"
 
     def __post_init__(self) -> None:
         _batch_of(self.a, self.b)
 
+    def _join(self, x: Tensor, y: Tensor) -> Tensor:
+        return x & y if self.op == "&" else x | y
+
     def predicate(self, offset: int) -> Predicate:
         pa, pb = self.a.predicate(offset), self.b.predicate(offset)
-        return lambda b, h, q, k: pa(b, h, q, k) & pb(b, h, q, k)
+        return lambda b, h, q, k: self._join(pa(b, h, q, k), pb(b, h, q, k))
 
     def density(self, tq: int, tk: int) -> float:
-        return min(self.a.density(tq, tk), self.b.density(tq, tk))
+        da, db = self.a.density(tq, tk), self.b.density(tq, tk)
+        return min(da, db) if self.op == "&" else min(1.0, da + db)
 
     def batch_size(self) -> int | None:
         return _batch_of(self.a, self.b)
 
     def block(self, batch: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
-        return self.a.block(batch, q_idx, kv_idx, offset) & self.b.block(
-            batch, q_idx, kv_idx, offset
+        return self._join(
+            self.a.block(batch, q_idx, kv_idx, offset), self.b.block(batch, q_idx, kv_idx, offset)
         )
 
     def to(self, device: torch.device) -> Mask:
-        return _And(self.a.to(device), self.b.to(device))
-
-
-@dataclass(frozen=True, eq=False)
-class _Or(Mask):
-    a: Mask
-    b: Mask
-
-    def __post_init__(self) -> None:
-        _batch_of(self.a, self.b)
-
-    def predicate(self, offset: int) -> Predicate:
-        pa, pb = self.a.predicate(offset), self.b.predicate(offset)
-        return lambda b, h, q, k: pa(b, h, q, k) | pb(b, h, q, k)
-
-    def density(self, tq: int, tk: int) -> float:
-        return min(1.0, self.a.density(tq, tk) + self.b.density(tq, tk))
-
-    def batch_size(self) -> int | None:
-        return _batch_of(self.a, self.b)
-
-    def block(self, batch: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
-        return self.a.block(batch, q_idx, kv_idx, offset) | self.b.block(
-            batch, q_idx, kv_idx, offset
-        )
-
-    def to(self, device: torch.device) -> Mask:
-        return _Or(self.a.to(device), self.b.to(device))
+        return _Combined(self.a.to(device), self.b.to(device), self.op)
 
 
 @dataclass(frozen=True, eq=False)
@@ -360,14 +367,7 @@ def from_tensor(mask: Tensor) -> Mask:
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
         raise TypeError(f"mask: expected a boolean tensor (True = attend), got {got}")
-    if mask.dim() > 4:
-        raise ValueError(
-            f"mask: expected at most 4 dims broadcastable to (B, H, Tq, Tk), "
-            f"got shape {tuple(mask.shape)}"
-        )
-    while mask.dim() < 4:
-        mask = mask.unsqueeze(0)
-    return _FromTensor(mask)
+    return _FromTensor(as_4d(mask, "mask"))
 
 
 def check_mask(mask: Mask, batch: int, heads: int, tq: int, tk: int) -> None:
@@ -377,12 +377,7 @@ def check_mask(mask: Mask, batch: int, heads: int, tq: int, tk: int) -> None:
         raise ValueError(f"mask: built for batch size {n}, but q has batch size {batch}")
     for m in _leaves(mask):
         if isinstance(m, _FromTensor):
-            want = (batch, heads, tq, tk)
-            if any(s not in (1, w) for s, w in zip(m.tensor.shape, want, strict=True)):
-                raise ValueError(
-                    f"mask: expected a shape broadcastable to (B, H, Tq, Tk) = {want}, "
-                    f"got {tuple(m.tensor.shape)}"
-                )
+            check_broadcast(m.tensor, "mask", (batch, heads, tq, tk))
         elif isinstance(m, _Document):
             if m.q_doc_ids is m.kv_doc_ids and tq > tk:
                 raise ValueError(
@@ -398,7 +393,7 @@ def check_mask(mask: Mask, batch: int, heads: int, tq: int, tk: int) -> None:
 
 
 def _leaves(mask: Mask) -> list[Mask]:
-    if isinstance(mask, (_And, _Or)):
+    if isinstance(mask, _Combined):
         return _leaves(mask.a) + _leaves(mask.b)
     if isinstance(mask, _Not):
         return _leaves(mask.a)

@@ -36,7 +36,7 @@ def test_local_combines_with_padding():
 
 
 def test_chunked_skips_tiles_outside_the_window():
-    t, window, bq, bk = 4096, 256, 256, 512
+    t, window, bq, bk = 4096, 256, 256, 512  # tiles chosen for easy counting
     spec = _Spec(masks.sliding_window(window), None, 1.0, 1, 1, 1, t, t, bq, bk)
     plan = _plan(spec, torch.device("cpu"))
     visited = sum(len(row) for row in plan)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -70,17 +69,17 @@ class AttentionCall:
     def dtype(self) -> torch.dtype:
         return self.q.dtype
 
-    @cached_property
+    @property
     def needs_grad(self) -> bool:
         """True when autograd will want gradients from this call."""
-        if not torch.is_grad_enabled():
-            return False
-        tensors = [self.q, self.k, self.v]
-        if self.bias is not None:
-            tensors += list(self.bias.params())
-        return any(t.requires_grad for t in tensors)
+        return torch.is_grad_enabled() and (
+            self.q.requires_grad
+            or self.k.requires_grad
+            or self.v.requires_grad
+            or (self.bias is not None and self.bias.requires_grad)
+        )
 
-    @cached_property
+    @property
     def bias_needs_grad(self) -> bool:
         return torch.is_grad_enabled() and self.bias is not None and self.bias.requires_grad
 

@@ -9,6 +9,8 @@ the call, one ValueError lists every backend's reasons.
 
 from __future__ import annotations
 
+import functools
+
 from attnlab.attention.backends.base import Backend, backend_names, get_backend
 from attnlab.attention.call import AttentionCall
 
@@ -36,11 +38,18 @@ def is_sparse(call: AttentionCall) -> bool:
     )
 
 
-def priority(call: AttentionCall) -> list[str]:
+def priority(call: AttentionCall) -> tuple[str, ...]:
     """Backend names in the order "auto" tries them for ``call``."""
     device = "cuda" if call.device.type == "cuda" else "cpu"
-    order = [n for n in _PRIORITY[(device, is_sparse(call))] if n in backend_names()]
-    return order + [n for n in backend_names() if n not in order]
+    return _ordered(device, is_sparse(call), tuple(backend_names()))
+
+
+@functools.lru_cache(maxsize=32)
+def _ordered(device: str, sparse: bool, registered: tuple[str, ...]) -> tuple[str, ...]:
+    # Cached: dispatch runs on every attention call, and this list only changes when the
+    # registry does (the registered names are part of the key).
+    order = [n for n in _PRIORITY[(device, sparse)] if n in registered]
+    return (*order, *(n for n in registered if n not in order))
 
 
 def explain(call: AttentionCall) -> dict[str, list[str]]:

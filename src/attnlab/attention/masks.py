@@ -405,6 +405,13 @@ def tensors_of(mask: Mask) -> list[Tensor]:
     return [v for m in _leaves(mask) for v in vars(m).values() if isinstance(v, Tensor)]
 
 
+def value_key(mask: Mask) -> Mask | None:
+    """``mask`` itself when it is a pure function of positions that compares by value (causal,
+    sliding window), so results computed from it can be cached per shape; None otherwise."""
+    by_value = type(mask).__eq__ is not object.__eq__ and type(mask).__hash__ is not None
+    return mask if by_value and not tensors_of(mask) else None
+
+
 def head_dependent(mask: Mask) -> bool:
     """True when some part of the mask varies across heads (a user tensor with H > 1)."""
     return any(isinstance(m, _FromTensor) and m.tensor.shape[1] > 1 for m in _leaves(mask))

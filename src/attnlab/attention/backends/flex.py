@@ -22,7 +22,7 @@ from torch import Tensor
 
 from attnlab.attention.backends.base import Backend, Capabilities
 from attnlab.attention.call import AttentionCall
-from attnlab.attention.masks import Mask, head_dependent
+from attnlab.attention.masks import Mask, head_dependent, value_key
 
 try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -66,17 +66,13 @@ def _cached_block_mask(mask: Mask, tq: int, tk: int, device: torch.device):
 
 
 def block_mask_for(call: AttentionCall):
-    """FlexAttention BlockMask for the call's mask, cached for value-hashable masks."""
+    """FlexAttention BlockMask for the call's mask, cached for position-only masks."""
     mask = call.mask
     if mask is None:
         return None
-    try:
-        hash(mask)
-        hashable = type(mask).__eq__ is not object.__eq__
-    except TypeError:
-        hashable = False
-    if hashable and mask.batch_size() is None and not head_dependent(mask):
-        return _cached_block_mask(mask, call.tq, call.tk, call.device)
+    key = value_key(mask)
+    if key is not None:
+        return _cached_block_mask(key, call.tq, call.tk, call.device)
     b = call.batch if mask.batch_size() is not None else None
     h = call.heads if head_dependent(mask) else None
     return create_block_mask(

@@ -1,0 +1,49 @@
+"""Entry point of the ``attnlab`` command: a click group whose commands live one per module.
+
+User mistakes (ValueError, TypeError, missing files) print one line on stderr and exit with
+status 2, never a traceback; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from attnlab import __version__
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as exc:
+            click.echo(f"attnlab: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("attnlab: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="attnlab")
+def cli() -> None:
+    """attnlab: attention mechanisms for large language models."""
+
+
+def _register() -> None:
+    from attnlab.cli import backends, bench
+
+    cli.add_command(backends.backends)
+    cli.add_command(bench.bench)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="attnlab")
+
+
+if __name__ == "__main__":
+    main()

@@ -35,10 +35,16 @@ from attnlab.attention.masks import Mask, value_key
 
 FULL, PARTIAL = 1, 0
 
-# Tile length for queries and keys. On 2 CPU cores 128 x 128 tiles measured fastest for causal
-# fwd+bwd at T = 1024 and within 3% of the best at T = 4096 (benchmarks/README.md); small
-# tiles also waste the least work at the edges of a sliding window.
-TILE = 128
+# Tile length for queries and keys, per device type. On 2 CPU cores 128 x 128 tiles measured
+# fastest for causal fwd+bwd at T = 1024 and within 3% of the best at T = 4096, and small tiles
+# waste the least work at the edges of a sliding window. On a GPU every tile costs a dozen kernel
+# launches, so tiles must be large enough for the launches to stay hidden behind the math.
+TILES = {"cpu": 128, "cuda": 1024}
+DEFAULT_TILE = 512
+
+
+def default_tile(device: torch.device) -> int:
+    return TILES.get(device.type, DEFAULT_TILE)
 
 
 @dataclass(frozen=True, eq=False)
@@ -266,8 +272,15 @@ class _ChunkedFunction(torch.autograd.Function):
         return None, dq, dk, dv, *bias_grads
 
 
-def chunked_attention(call: AttentionCall, *, q_block: int = TILE, kv_block: int = TILE) -> Tensor:
-    """Tile-by-tile exact attention for ``call``; (B, H, Tq, Dv) in q's dtype."""
+def chunked_attention(
+    call: AttentionCall, *, q_block: int | None = None, kv_block: int | None = None
+) -> Tensor:
+    """Tile-by-tile exact attention for ``call``; (B, H, Tq, Dv) in q's dtype.
+
+    Tile lengths default to :func:`default_tile` for the call's device.
+    """
+    q_block = q_block or default_tile(call.device)
+    kv_block = kv_block or default_tile(call.device)
     spec = _Spec(
         call.mask,
         call.bias,
@@ -292,7 +305,7 @@ class ChunkedBackend(Backend):
         notes=("every mask and bias, learnable biases included",),
     )
 
-    def __init__(self, q_block: int = TILE, kv_block: int = TILE) -> None:
+    def __init__(self, q_block: int | None = None, kv_block: int | None = None) -> None:
         self.q_block, self.kv_block = q_block, kv_block
 
     def forward(self, call: AttentionCall) -> tuple[Tensor, Tensor | None]:

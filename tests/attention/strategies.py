@@ -93,3 +93,29 @@ def any_bias(draw, b: int, h: int, tq: int, tk: int):
     if kind == "tensor":
         return bias_lib.from_tensor(t), [t]
     return bias_lib.from_tensor(t) + bias_lib.alibi(h), [t]
+
+
+EMPTY_ROW_CASES = ["padding_zero", "causal_tq_gt_tk", "document_cross", "tensor_all_false"]
+
+
+def empty_row_case(case: str):
+    """A mask leaving some query rows without any key: (mask, empty (B|1, 1|H, Tq), shape)."""
+    b, h, tq, tk = 2, 2, 6, 6
+    if case == "padding_zero":
+        mask = masks.padding([0, 3])
+        empty = torch.tensor([True, False])[:, None, None]  # every row of batch row 0
+    elif case == "causal_tq_gt_tk":
+        tk = 3
+        mask = masks.causal()  # bottom-right: the first tq - tk query rows see nothing
+        empty = (torch.arange(tq) < tq - tk)[None, None, :]
+    elif case == "document_cross":
+        q_ids = torch.tensor([[0, 0, 5, 5, 1, 1]] * b)
+        kv_ids = torch.tensor([[0, 0, 1, 1, 1, 1]] * b)
+        mask = masks.document(q_ids, kv_doc_ids=kv_ids)
+        empty = (q_ids == 5)[:, None, :]
+    else:
+        t = torch.ones(b, 1, tq, tk, dtype=torch.bool)
+        t[:, :, 2] = False
+        mask = masks.from_tensor(t)
+        empty = (torch.arange(tq) == 2)[None, None, :]
+    return mask, empty, (b, h, tq, tk)

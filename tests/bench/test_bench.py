@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,14 @@ def test_time_fn_returns_positive_consistent_numbers():
     assert timing.repeats == 4 and len(timing.samples) == 4
     assert 0 < timing.min_s <= timing.median_s
     assert timing.min_s <= timing.mean_s <= max(timing.samples)
+
+
+def test_time_fn_repeats_short_calls_up_to_min_total():
+    timing = time_fn(lambda: time.sleep(0.005), repeats=2, min_total_s=0.06, max_repeats=50)
+    assert 10 <= timing.repeats < 50 and len(timing.samples) == timing.repeats
+    assert sum(timing.samples) >= 0.06
+    capped = time_fn(lambda: time.sleep(0.005), repeats=2, min_total_s=10.0, max_repeats=4)
+    assert capped.repeats == 4
 
 
 @pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"warmup": -1}, {"repeats": 1.5}])

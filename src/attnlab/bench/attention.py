@@ -252,6 +252,10 @@ def skip_reason(
     return reason
 
 
+# Timed calls of one case last at least this long in all (more repeats for short calls).
+MIN_TIMED_S = 0.5
+
+
 def bench_case(
     backend: str,
     T: int,
@@ -312,8 +316,15 @@ def bench_case(
         with contextlib.suppress(RuntimeError):
             fields["peak_mb"] = peak_memory(lambda: setup()(), case.device) / 2**20
     if "time" in measure:
-        timing = time_fn(run, repeats=repeats, warmup=0 if warmed else 1, device=case.device)
-        fields.update(seconds=timing.median_s, min_seconds=timing.min_s, repeats=repeats)
+        # Short calls repeat for at least MIN_TIMED_S in all, so their median is stable.
+        timing = time_fn(
+            run,
+            repeats=repeats,
+            warmup=0 if warmed else 1,
+            device=case.device,
+            min_total_s=MIN_TIMED_S,
+        )
+        fields.update(seconds=timing.median_s, min_seconds=timing.min_s, repeats=timing.repeats)
     return case.row(**fields)
 
 

@@ -60,11 +60,16 @@ def time_fn(
     repeats: int = 5,
     warmup: int = 1,
     device: torch.device | str | None = None,
+    min_total_s: float = 0.0,
+    max_repeats: int = 1000,
 ) -> Timing:
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed calls one by one.
 
-    Each timed call is bracketed by device synchronisation when ``device`` is a CUDA device, so
-    asynchronous kernels are counted in full; on other devices the clock is read directly.
+    With ``min_total_s``, timed calls go on past ``repeats`` until they add up to that many
+    seconds (at most ``max_repeats`` calls), so that millisecond calls get a stable median
+    instead of three noisy samples. Each timed call is bracketed by device synchronisation when
+    ``device`` is a CUDA device, so asynchronous kernels are counted in full; on other devices
+    the clock is read directly.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
@@ -73,8 +78,8 @@ def time_fn(
     for _ in range(warmup):
         fn()
     _sync(device)
-    samples = []
-    for _ in range(repeats):
+    samples: list[float] = []
+    while len(samples) < repeats or (sum(samples) < min_total_s and len(samples) < max_repeats):
         start = time.perf_counter()
         fn()
         _sync(device)
@@ -83,7 +88,7 @@ def time_fn(
         median_s=statistics.median(samples),
         min_s=min(samples),
         mean_s=statistics.fmean(samples),
-        repeats=repeats,
+        repeats=len(samples),
         samples=tuple(samples),
     )
 

@@ -24,6 +24,7 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/attnlab backends
 	$(BIN)/attnlab bench --lengths 256,1024,2048 --repeats 3
+	$(BIN)/attnlab bench --lengths 1024,4096 --mask window256 --mode fwd --backends auto,torch-sdpa
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py

@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--masks", default="causal,window256", help=f"from {', '.join(MASKS)} [%(default)s]")
     add("--device", default="cpu", help="torch device [%(default)s]")
     add("--dtype", default="float32", help="float32, float16 or bfloat16 [%(default)s]")
-    add("--repeats", type=int, default=3, help="timed calls per case, median [%(default)s]")
+    add(
+        "--repeats", type=int, default=3, help="timed calls per case at least, median [%(default)s]"
+    )
     add("--out", type=Path, help="JSON output [benchmarks/results/attention-DEVICE.json]")
     return parser
 
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"attention benchmark on {info['device']} ({info['usable_cores']} cores, "
         f"{info['torch_threads']} torch threads, torch {info['torch']}), "
-        f"B=1 H=8 D=64 {args.dtype}, median of {args.repeats} calls",
+        f"B=1 H=8 D=64 {args.dtype}, median of at least {args.repeats} calls and 0.5 s per case",
         flush=True,
     )
     print("estimating the duration (a few seconds of calibration) ...", flush=True)

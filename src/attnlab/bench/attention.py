@@ -280,7 +280,8 @@ def bench_case(
         B, H, D: batch, heads and head dim of q, k and v.
         dtype: "float32", "float16" or "bfloat16".
         device: a torch device string.
-        repeats: timed calls; ``seconds`` is their median.
+        repeats: timed calls at least; calls repeat until they add up to ``MIN_TIMED_S``;
+            ``seconds`` is their median.
         measure: "time", "memory" or "time+memory". CPU peak memory is clean only in a fresh
             process with :data:`~attnlab.bench.harness.CLEAN_MALLOC_ENV`, which slows the
             timed calls, so :func:`run_sweep` measures the two in separate processes.

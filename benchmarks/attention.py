@@ -25,6 +25,7 @@ from attnlab.bench.attention import (
     format_goals,
     format_rows,
     goals,
+    interleaved_goals,
     run_sweep,
     sweep_cases,
 )
@@ -67,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
         "--repeats", type=int, default=3, help="timed calls per case at least, median [%(default)s]"
     )
     add("--out", type=Path, help="JSON output [benchmarks/results/attention-DEVICE.json]")
+    add(
+        "--goals",
+        action="store_true",
+        help="only the goals, each pair of backends timed alternately in one process "
+        "(--lengths sets the causal lengths of goal (a)); a few minutes",
+    )
     return parser
 
 
@@ -102,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         f"B=1 H=8 D=64 {args.dtype}, median of at least {args.repeats} calls and 0.5 s per case",
         flush=True,
     )
+    if args.goals:
+        return _goals_only(args.lengths, out, info, case_kwargs)
     print("estimating the duration (a few seconds of calibration) ...", flush=True)
     estimate = estimate_sweep_seconds(**sweep, repeats=args.repeats, **case_kwargs)
     print(f"expected duration: about {estimate / 60:.0f} min (rough)", flush=True)
@@ -122,6 +131,24 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "seconds_total": elapsed,
         "rows": rows,
+        "goals": goal_rows,
+    }
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _goals_only(lengths: list[int], out: Path, info: dict, case_kwargs: dict) -> int:
+    start = time.perf_counter()
+    goal_rows = interleaved_goals(lengths, **case_kwargs)
+    print("\ngoals (each pair of backends timed alternately in one process):")
+    print(format_goals(goal_rows))
+    out = out.with_name(out.stem + "-goals.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "config": {"lengths": lengths, **case_kwargs},
+        "machine": info,
+        "seconds_total": time.perf_counter() - start,
         "goals": goal_rows,
     }
     out.write_text(json.dumps(record, indent=1) + "\n")

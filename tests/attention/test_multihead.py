@@ -134,3 +134,13 @@ def test_dropout_only_while_training():
     torch.testing.assert_close(mha(x), mha(x))
     mha.train()
     assert (mha(x) - mha(x)).abs().max() > 1e-4
+
+
+def test_positions_apply_to_self_attention_only():
+    torch.manual_seed(0)
+    plain = MultiHeadAttention(16, 4)
+    rope = MultiHeadAttention(16, 4, position=RotaryEmbedding(4))
+    rope.load_state_dict(plain.state_dict())
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    torch.testing.assert_close(rope(x, ctx), plain(x, ctx))  # cross: no positions
+    assert (rope(x) - plain(x)).abs().max() > 1e-3  # self: RoPE changes the result

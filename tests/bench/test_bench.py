@@ -21,6 +21,7 @@ from attnlab.bench.attention import (
     format_rows,
     goals,
     run_sweep,
+    time_pair,
 )
 from attnlab.cli.main import cli
 
@@ -272,3 +273,20 @@ def test_benchmark_script_runs_a_tiny_sweep(tmp_path):
     record = json.loads(out.read_text())
     assert {"rows", "goals", "machine", "config"} <= set(record)
     assert len(record["rows"]) == 2
+
+
+def test_time_pair_times_both_backends_alternately():
+    a, b = time_pair(
+        "auto",
+        "torch-sdpa",
+        64,
+        mode="fwd",
+        mask="causal",
+        min_total_s=0.0,
+        min_rounds=3,
+        H=2,
+        D=16,
+    )
+    assert a > 0 and b > 0
+    with pytest.raises(ValueError, match="'flex' cannot run this call"):
+        time_pair("flex", "torch-sdpa", 64, mode="fwd+bwd", mask="causal", H=2, D=16)

@@ -41,7 +41,8 @@ class MultiHeadAttention(nn.Module):
             large models; Dehghani et al. 2023, Wortsman et al. 2023).
         dropout: dropout on attention probabilities while training.
         position: a ``RotaryEmbedding`` (rotates q and k), a ``RelativePositionBias`` (T5, a
-            learned bias, trained with this module) or a fixed ``Bias`` such as ``alibi(H)``.
+            learned bias, trained with this module) or a fixed ``Bias`` such as ``alibi(H)``;
+            applied in self-attention only (cross-attention spans two sequences).
         score: scoring function name: "dot", "general", "cosine", "euclidean", "additive".
         backend: attention backend name, or "auto".
     """
@@ -136,15 +137,15 @@ class MultiHeadAttention(nn.Module):
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + x.shape[1], device=x.device)
         bias = None
-        if isinstance(self.position, RotaryEmbedding):
-            if context is None:
+        # Positions relate tokens of one sequence; in cross-attention queries and keys come from
+        # different sequences, so (as in T5 and the original Transformer) none are applied.
+        if context is None:
+            if isinstance(self.position, RotaryEmbedding):
                 q, k = self.position(q, k, positions)
-            else:  # cross-attention: only the queries have positions in this sequence
-                q = self.position.rotate(q, positions)
-        elif isinstance(self.position, RelativePositionBias):
-            bias = self.position()
-        elif isinstance(self.position, Bias):
-            bias = self.position
+            elif isinstance(self.position, RelativePositionBias):
+                bias = self.position()
+            elif isinstance(self.position, Bias):
+                bias = self.position
         if cache is not None:
             k, v = cache.update(k, v)
 

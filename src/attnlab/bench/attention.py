@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -639,6 +640,60 @@ def goals(rows: list[dict]) -> list[dict]:
             2.0,
         )
     )
+    return out
+
+
+def time_pair(
+    first: str,
+    second: str,
+    T: int,
+    *,
+    mode: str,
+    mask: str,
+    min_total_s: float = 2.0,
+    min_rounds: int = 5,
+    max_rounds: int = 200,
+    **shape: object,
+) -> tuple[float, float]:
+    """Median seconds of one call of backend ``first`` and of ``second``, timed alternately in
+    this process (first, second, first, ...), so that a shared machine's drift hits both alike.
+
+    A sweep times each case in its own process minutes apart; for a ratio between two cases
+    this interleaving is the steadier measurement. Raises ValueError when a backend refuses.
+    """
+    runs, device = [], "cpu"
+    for backend in (first, second):
+        case = _make_case(backend, T, mode=mode, mask=mask, **shape)
+        x = _inputs(case)
+        _, reason = _chosen_backend(case, x)
+        if reason:
+            raise ValueError(reason)
+        run = _setup(case, x)()
+        run()  # warm-up: compilation and lazy initialisation are not timed
+        runs.append(run)
+        device = case.device
+    samples: tuple[list[float], list[float]] = ([], [])
+    while len(samples[0]) < max_rounds and (
+        len(samples[0]) < min_rounds or sum(samples[0]) + sum(samples[1]) < min_total_s
+    ):
+        for run, out in zip(runs, samples, strict=True):
+            out.append(time_fn(run, repeats=1, warmup=0, device=device).median_s)
+    return statistics.median(samples[0]), statistics.median(samples[1])
+
+
+def interleaved_goals(lengths: Iterable[int], **shape: object) -> list[dict]:
+    """The goals of :func:`goals`, each ratio from :func:`time_pair` in this process; (a) at
+    every length in ``lengths``, (b) and (c) at T=4096."""
+    out = []
+    for T in lengths:
+        auto, peer = time_pair("auto", PEER, T, mode="fwd", mask="causal", **shape)
+        out.append(_goal(f"auto / {PEER} fwd, causal, T={T}", auto, peer, "<=", 1.05))
+    peer, auto = time_pair(PEER, "auto", 4096, mode="fwd", mask="window256", **shape)
+    out.append(
+        _goal(f"{PEER} (dense mask) / auto fwd, window {WINDOW}, T=4096", peer, auto, ">=", 2.0)
+    )
+    chunked, peer = time_pair("chunked", PEER, 4096, mode="fwd+bwd", mask="causal", **shape)
+    out.append(_goal(f"chunked / {PEER} fwd+bwd, causal, T=4096", chunked, peer, "<=", 2.0))
     return out
 
 

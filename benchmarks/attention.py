@@ -29,6 +29,7 @@ from attnlab.bench.attention import (
     run_sweep,
     sweep_cases,
 )
+from attnlab.files import atomic_write_text
 
 BACKENDS = "reference,sdpa,flex,chunked,auto,torch-sdpa"
 LENGTHS = "512,1024,2048,4096,8192,16384"
@@ -125,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\ngoals (ratios of times from this sweep):")
     print(format_goals(goal_rows))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "config": {**sweep, **case_kwargs, "repeats": args.repeats},
         "machine": info,
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "goals": goal_rows,
     }
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(record, indent=1) + "\n")
     print(f"\nwrote {out}")
     return 0
 
@@ -144,14 +144,13 @@ def _goals_only(lengths: list[int], out: Path, info: dict, case_kwargs: dict) ->
     print("\ngoals (each pair of backends timed alternately in one process):")
     print(format_goals(goal_rows))
     out = out.with_name(out.stem + "-goals.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "config": {"lengths": lengths, **case_kwargs},
         "machine": info,
         "seconds_total": time.perf_counter() - start,
         "goals": goal_rows,
     }
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(record, indent=1) + "\n")
     print(f"\nwrote {out}")
     return 0
 

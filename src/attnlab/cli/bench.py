@@ -15,6 +15,7 @@ import torch
 
 from attnlab.bench.attention import backend_choices, bench_case, format_rows
 from attnlab.cli.options import parse_device
+from attnlab.files import atomic_write_text
 
 _MASKS = ("causal", "window256")
 _MODES = ("fwd", "fwd+bwd")
@@ -122,5 +123,5 @@ def bench(
         "(0.5 s or more per case), in ms."
     )
     if json_path is not None:
-        json_path.write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(json_path, json.dumps(rows, indent=1) + "\n")
         click.echo(f"wrote {json_path}")

@@ -29,7 +29,7 @@ def backend_table(device: str = "cpu") -> list[dict[str, str]]:
         rows.append(
             {
                 "backend": name,
-                "devices": ",".join(sorted(caps.devices - {"meta"})),
+                "devices": ",".join(sorted(caps.devices)),
                 f"train on {device}": _yes(not refusal),
                 "masks": _yes(caps.masks),
                 "biases": _yes(caps.biases),
@@ -59,6 +59,9 @@ def backends(device: str) -> None:
     """List attention backends and their capabilities."""
     device = parse_device(device)
     click.echo(format_table(backend_table(device)))
+    for name in backend_names():
+        for note in get_backend(name).capabilities.notes:
+            click.echo(f"  {name}: {note}")
     q = torch.zeros(1, 1, 4096, 64, device=device)
     dense = make_call(
         q, q, q, mask=masks.causal(), bias=None, scale=None, dropout_p=0.0, return_weights=False

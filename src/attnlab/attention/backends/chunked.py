@@ -301,7 +301,7 @@ class ChunkedBackend(Backend):
     name = "chunked"
     description = "pure-PyTorch online-softmax tiles, fwd+bwd; skips masked tiles; O(T) memory"
     capabilities = Capabilities(
-        devices=frozenset({"cpu", "cuda", "mps", "xpu"}),
+        devices=frozenset({"cpu", "cuda"}),
         notes=("every mask and bias, learnable biases included",),
     )
 

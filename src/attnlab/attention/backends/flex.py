@@ -86,7 +86,7 @@ class FlexBackend(Backend):
     capabilities = Capabilities(
         devices=frozenset({"cpu", "cuda"}),
         dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
-        notes=("compiles once per mask/bias program", "CPU: inference only in torch <= 2.13"),
+        notes=("compiles once per shape and mask/bias program: the first call takes seconds",),
     )
 
     def extra_reasons(self, call: AttentionCall) -> list[str]:

@@ -13,7 +13,7 @@ class ReferenceBackend(Backend):
     name = "reference"
     description = "eager math (half precision upcast); the oracle; returns weights; O(T^2) memory"
     capabilities = Capabilities(
-        devices=frozenset({"cpu", "cuda", "mps", "xpu", "meta"}),
+        devices=frozenset({"cpu", "cuda"}),
         dropout=True,
         weights=True,
     )

@@ -27,7 +27,7 @@ class SDPABackend(Backend):
     name = "sdpa"
     description = "torch.nn.functional.scaled_dot_product_attention; dense masks"
     capabilities = Capabilities(
-        devices=frozenset({"cpu", "cuda", "mps", "xpu"}),
+        devices=frozenset({"cpu", "cuda"}),
         dropout=True,
         notes=("masks and biases are materialised as a dense (Tq, Tk) tensor",),
     )

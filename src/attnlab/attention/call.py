@@ -128,7 +128,6 @@ def make_call(
             )
         if not t.dtype.is_floating_point:
             raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
-    assert isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
     for name, t in (("k", k), ("v", v)):
         if t.device != q.device:
             raise ValueError(f"{name}: expected device {q.device} like q, got {t.device}")

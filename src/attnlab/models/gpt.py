@@ -1,0 +1,242 @@
+"""GPT: a decoder-only language model in two flavours chosen by configuration.
+
+* GPT-2 (Radford et al. 2019): learned absolute positions, LayerNorm, tanh-GELU MLP, multi-head
+  attention with biases, output head tied to the token embedding.
+* Llama (Touvron et al. 2023): rotary positions, RMSNorm, SwiGLU MLP, grouped-query attention,
+  no biases, untied head.
+
+Both are pre-norm stacks of :class:`attnlab.layers.Block`; attention runs through
+:func:`attnlab.attention.attend` with the backend named in the config.
+
+Shapes: B batch, T tokens in this call, S tokens cached plus new, C width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.attention import masks
+from attnlab.attention.bias import alibi
+from attnlab.attention.kv_cache import KVCache
+from attnlab.attention.multihead import MultiHeadAttention
+from attnlab.layers import Block, make_mlp, make_norm
+from attnlab.models import presets
+from attnlab.models.output import ModelOutput
+from attnlab.position import LearnedPositionalEmbedding, RotaryEmbedding
+
+POSITIONS = ("learned", "rope", "alibi")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # tokens in the vocabulary
+    max_len: int = 1024  # longest sequence (learned positions, cache size by default)
+    n_layer: int = 12  # Transformer blocks
+    n_head: int = 12  # query heads
+    n_kv_head: int | None = None  # key/value heads (grouped-query); None = n_head
+    dim: int = 768  # model width C
+    hidden: int | None = None  # MLP width; None = 4C (GELU) or Llama's 8C/3 rounded (SwiGLU)
+    hidden_multiple_of: int = 256  # SwiGLU hidden width is rounded up to this
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    norm_eps: float = 1e-5  # epsilon of every norm
+    mlp: str = "gelu_tanh"  # "gelu", "gelu_tanh" or "swiglu"
+    position: str = "learned"  # "learned", "rope" or "alibi"
+    rope_base: float = 10000.0  # RoPE base (theta)
+    bias: bool = True  # biases in linear layers and LayerNorm
+    tie_embeddings: bool = True  # output head shares the token embedding matrix
+    qk_norm: bool = False  # RMSNorm on query/key heads
+    dropout: float = 0.0  # dropout on embeddings, attention probabilities and residuals
+    backend: str = "auto"  # attention backend name
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_len", "n_layer", "n_head", "dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_kv_head: expected a divisor of n_head={self.n_head}, got {self.n_kv_head}"
+            )
+        if self.dim % self.n_head:
+            raise ValueError(f"dim: expected a multiple of n_head={self.n_head}, got {self.dim}")
+        if self.position not in POSITIONS:
+            raise ValueError(
+                f"position: expected one of {', '.join(POSITIONS)}, got {self.position!r}"
+            )
+        if self.hidden is None:
+            if self.mlp == "swiglu":  # Llama: 2/3 of 4C, rounded up to a multiple
+                m = self.hidden_multiple_of
+                self.hidden = m * math.ceil(int(8 * self.dim / 3) / m)
+            else:
+                self.hidden = 4 * self.dim
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> GPTConfig:
+        """A named configuration (see ``PRESETS``) with fields overridden by keyword."""
+        return presets.build(cls, PRESETS, name, overrides)
+
+
+PRESETS: dict[str, dict] = {
+    "gpt2": {},  # 124M
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "dim": 1024},  # 355M
+    "llama-small": {
+        "vocab_size": 32000,
+        "max_len": 2048,
+        "n_layer": 12,
+        "n_head": 12,
+        "n_kv_head": 4,
+        "dim": 768,
+        "norm": "rmsnorm",
+        "mlp": "swiglu",
+        "position": "rope",
+        "bias": False,
+        "tie_embeddings": False,
+    },
+}
+
+
+class GPT(nn.Module):
+    """Decoder-only language model; ``GPT.from_preset("gpt2")`` or ``GPT(GPTConfig(...))``."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.tok = nn.Embedding(c.vocab_size, c.dim)
+        self.pos = LearnedPositionalEmbedding(c.max_len, c.dim) if c.position == "learned" else None
+        if c.position == "rope":
+            position = RotaryEmbedding(c.head_dim, base=c.rope_base)  # one table, every layer
+        elif c.position == "alibi":
+            position = alibi(c.n_head)
+        else:
+            position = None
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                MultiHeadAttention(
+                    c.dim,
+                    c.n_head,
+                    c.n_kv_head,
+                    bias=c.bias,
+                    qk_norm=c.qk_norm,
+                    dropout=c.dropout,
+                    position=position,
+                    backend=c.backend,
+                ),
+                make_mlp(c.mlp, c.dim, c.hidden, bias=c.bias),
+                lambda: make_norm(c.norm, c.dim, eps=c.norm_eps, bias=c.bias),
+                dropout=c.dropout,
+            )
+            for _ in range(c.n_layer)
+        )
+        self.norm = make_norm(c.norm, c.dim, eps=c.norm_eps, bias=c.bias)
+        self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if c.tie_embeddings:
+            self.head.weight = self.tok.weight
+        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 L).
+        for name, p in self.named_parameters():
+            if name.endswith(("out_proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> GPT:
+        return cls(GPTConfig.from_preset(name, **overrides))
+
+    def make_caches(self, batch: int, max_len: int | None = None, **kwargs) -> list[KVCache]:
+        """One preallocated KV cache per block for decoding."""
+        n = max_len or self.config.max_len
+        return [block.attn.make_cache(batch, n, **kwargs) for block in self.blocks]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        caches: list[KVCache] | None = None,
+        positions: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """Logits for every position of ``input_ids`` (B, T).
+
+        Args:
+            attention_mask: (B, S) with 1 for real tokens and 0 for padding, covering cached
+                and new tokens (Hugging Face convention); positions then count real tokens
+                only, so left-padded rows see the same positions as unpadded ones.
+            caches: from :meth:`make_caches`; new keys/values are appended.
+            positions: absolute positions (B, T) or (T,); default from ``attention_mask`` or
+                from the cache length.
+            labels: token ids (B, T) for the next-token loss (see :func:`lm_loss`).
+        """
+        if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+            raise ValueError(
+                f"input_ids: expected integer ids (B, T), got dtype {input_ids.dtype} and shape "
+                f"{tuple(input_ids.shape)}"
+            )
+        b, t = input_ids.shape
+        past = caches[0].length if caches else 0
+        if past + t > self.config.max_len and self.pos is not None:
+            raise ValueError(
+                f"input_ids: {past + t} positions exceed max_len={self.config.max_len}"
+            )
+        mask = masks.causal()
+        if attention_mask is not None:
+            if attention_mask.shape != (b, past + t):
+                raise ValueError(
+                    f"attention_mask: expected shape (B, cached + new) = {(b, past + t)}, "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+            keep = attention_mask.bool()
+            mask = mask & masks.from_tensor(keep[:, None, None, :])
+            if positions is None:
+                positions = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+        if positions is None:
+            positions = torch.arange(past, past + t, device=input_ids.device)
+
+        x = self.tok(input_ids)  # (B, T, C)
+        if self.pos is not None:
+            x = x + self.pos(positions)
+        x = self.drop(x)
+        hidden = []
+        for i, block in enumerate(self.blocks):
+            if output_hidden_states:
+                hidden.append(x)
+            cache = caches[i] if caches else None
+            x = block(x, mask=mask, cache=cache, positions=positions)
+        x = self.norm(x)
+        if output_hidden_states:
+            hidden.append(x)
+        logits = self.head(x)  # (B, T, V)
+        loss = lm_loss(logits, labels, attention_mask) if labels is not None else None
+        return ModelOutput(logits, tuple(hidden) if output_hidden_states else None, loss)
+
+
+def lm_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Mean next-token cross-entropy: position t predicts labels[t + 1]; padded targets (mask 0,
+    using the last T columns of ``attention_mask``) and labels equal to -100 are ignored."""
+    if labels.dim() != 2 or labels.shape[1] < 2:
+        raise ValueError(f"labels: expected (B, T) with T >= 2, got shape {tuple(labels.shape)}")
+    targets = labels[:, 1:].clone()
+    if attention_mask is not None:
+        targets[attention_mask[:, -labels.shape[1] + 1 :] == 0] = -100
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+    )

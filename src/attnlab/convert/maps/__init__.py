@@ -1,0 +1,1 @@
+"""One declarative key map per model family: Hugging Face names <-> attnlab names."""

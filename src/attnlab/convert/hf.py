@@ -18,11 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from attnlab.convert.maps import gpt2
+from attnlab.convert.maps import gpt2, llama
 from attnlab.files import atomic_write_text
 from attnlab.models.gpt import GPT
 
-FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2}
+FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama}
 
 
 def _family(hf: dict, config_path: Path) -> ModuleType:
@@ -62,7 +62,7 @@ def _read_weights(directory: Path) -> tuple[dict[str, Tensor], str]:
 
 
 def load_hf(directory: str | os.PathLike) -> GPT:
-    """The attnlab model for a Hugging Face checkpoint directory (GPT-2 family so far)."""
+    """The attnlab model for a Hugging Face checkpoint directory (GPT-2 or Llama family)."""
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():

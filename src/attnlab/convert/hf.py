@@ -16,13 +16,13 @@ from types import ModuleType
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
-from attnlab.convert.maps import gpt2, llama
+from attnlab.convert.maps import bert, gpt2, llama
 from attnlab.files import atomic_write_text
 from attnlab.models.gpt import GPT
 
-FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama}
+FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama, "bert": bert}
 
 
 def _family(hf: dict, config_path: Path) -> ModuleType:
@@ -61,22 +61,23 @@ def _read_weights(directory: Path) -> tuple[dict[str, Tensor], str]:
     )
 
 
-def load_hf(directory: str | os.PathLike) -> GPT:
-    """The attnlab model for a Hugging Face checkpoint directory (GPT-2 or Llama family)."""
+def load_hf(directory: str | os.PathLike) -> nn.Module:
+    """The attnlab model for a Hugging Face checkpoint directory: GPT-2 and Llama (as ``GPT``),
+    BERT with its masked-LM, next-sentence, classification or no head (as ``BERT``)."""
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: no such file (expected a checkpoint directory)")
     hf = json.loads(config_path.read_text())
     family = _family(hf, config_path)
-    config = family.config_from_hf(hf)
     tensors, source = _read_weights(directory)
     tensors = {k: v for k, v in tensors.items() if not k.endswith(family.IGNORED_SUFFIXES)}
+    config = family.config_from_hf(hf, tensors)
     try:
         state = family.to_attnlab(dict(tensors), config)
     except KeyError as exc:
         raise ValueError(f"{source}: missing tensor {exc.args[0]!r}") from None
-    model = GPT(config)
+    model = family.MODEL(config)
     expected = model.state_dict()
     unexpected = sorted(set(state) - set(expected))
     if unexpected:

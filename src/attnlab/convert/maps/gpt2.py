@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnlab.models.gpt import GPTConfig
+from attnlab.models.gpt import GPT, GPTConfig
+
+MODEL = GPT
 
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 # Buffers some checkpoints carry that hold no weights (the causal mask of old versions).
@@ -17,7 +19,7 @@ IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
 
-def config_from_hf(hf: dict) -> GPTConfig:
+def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTConfig:
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
         raise ValueError(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from attnlab.models.gpt import GPTConfig
+from attnlab.models.gpt import GPT, GPTConfig
+
+MODEL = GPT
 
 ARCHITECTURES = ("LlamaForCausalLM", "LlamaModel")
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
@@ -35,7 +37,7 @@ def _rope_theta(hf: dict) -> float:
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
-def config_from_hf(hf: dict) -> GPTConfig:
+def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTConfig:
     heads = hf["num_attention_heads"]
     if hf.get("head_dim", hf["hidden_size"] // heads) != hf["hidden_size"] // heads:
         raise ValueError(

@@ -1,0 +1,167 @@
+"""BERT (Devlin et al. 2019): a bidirectional post-norm encoder with token types and a pooler.
+
+Heads (all on one :class:`BERT`): masked-LM logits over the vocabulary (``mlm``), next-sentence
+logits from the pooled [CLS] vector (``nsp``), ``classify`` (sequence classification from the
+pooled vector) and ``token`` (per-token classification); :meth:`BERT.embed` gives mean-pooled
+sentence embeddings (sentence-transformers' MiniLM).
+
+Shapes: B batch, T tokens, C width, V vocabulary, L labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.attention import masks
+from attnlab.attention.multihead import MultiHeadAttention
+from attnlab.layers import MLP, Block, make_norm
+from attnlab.models import presets
+from attnlab.models.output import ModelOutput
+from attnlab.position import LearnedPositionalEmbedding
+
+HEADS = ("none", "mlm", "nsp", "classify", "token")
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522  # WordPiece vocabulary
+    max_len: int = 512  # learned positions
+    type_vocab_size: int = 2  # token types (segments A and B)
+    n_layer: int = 12  # encoder blocks
+    n_head: int = 12  # attention heads
+    dim: int = 768  # width C
+    hidden: int = 3072  # MLP width
+    norm_eps: float = 1e-12  # LayerNorm epsilon
+    dropout: float = 0.1  # embeddings, attention probabilities, residual branches
+    head: str = "mlm"  # "none", "mlm", "nsp", "classify" or "token"
+    num_labels: int = 2  # classes of the classify / token heads
+    pooler: bool = True  # the [CLS] pooler (masked-LM-only checkpoints come without it)
+    backend: str = "auto"  # attention backend name
+
+    def __post_init__(self) -> None:
+        if self.head in ("nsp", "classify") and not self.pooler:
+            raise ValueError(
+                f"pooler: the {self.head!r} head reads the pooled vector; expected pooler=True"
+            )
+        if self.head not in HEADS:
+            raise ValueError(f"head: expected one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.dim % self.n_head:
+            raise ValueError(f"dim: expected a multiple of n_head={self.n_head}, got {self.dim}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> BertConfig:
+        return presets.build(cls, PRESETS, name, overrides)
+
+
+PRESETS: dict[str, dict] = {
+    "bert-base": {},  # 110M
+    "minilm-l6": {"n_layer": 6, "dim": 384, "hidden": 1536, "head": "none"},  # all-MiniLM-L6-v2
+}
+
+
+class BERT(nn.Module):
+    """The encoder plus the head named in the config."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.tok = nn.Embedding(c.vocab_size, c.dim)
+        self.pos = LearnedPositionalEmbedding(c.max_len, c.dim)
+        self.seg = nn.Embedding(c.type_vocab_size, c.dim)
+        self.emb_norm = make_norm("layernorm", c.dim, eps=c.norm_eps)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                MultiHeadAttention(c.dim, c.n_head, dropout=c.dropout, backend=c.backend),
+                MLP(c.dim, c.hidden),
+                lambda: make_norm("layernorm", c.dim, eps=c.norm_eps),
+                prenorm=False,
+                dropout=c.dropout,
+            )
+            for _ in range(c.n_layer)
+        )
+        self.pooler = nn.Linear(c.dim, c.dim) if c.pooler else None
+        if c.head == "mlm":  # transform, then a decoder tied to the token embedding
+            self.mlm_dense = nn.Linear(c.dim, c.dim)
+            self.mlm_norm = make_norm("layernorm", c.dim, eps=c.norm_eps)
+            self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))
+        elif c.head == "nsp":
+            self.classifier = nn.Linear(c.dim, 2)
+        elif c.head in ("classify", "token"):
+            self.classifier = nn.Linear(c.dim, c.num_labels)
+        self.apply(_init)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> BERT:
+        return cls(BertConfig.from_preset(name, **overrides))
+
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Final hidden states (B, T, C)."""
+        if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+            raise ValueError(
+                f"input_ids: expected integer ids (B, T), got dtype {input_ids.dtype} and shape "
+                f"{tuple(input_ids.shape)}"
+            )
+        b, t = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        positions = torch.arange(t, device=input_ids.device)
+        x = self.tok(input_ids) + self.pos(positions) + self.seg(token_type_ids)
+        x = self.drop(self.emb_norm(x))
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != (b, t):
+                raise ValueError(
+                    f"attention_mask: expected shape {(b, t)}, got {tuple(attention_mask.shape)}"
+                )
+            mask = masks.from_tensor(attention_mask.bool()[:, None, None, :])
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return x
+
+    def pool(self, hidden: Tensor) -> Tensor:
+        """tanh(W h_[CLS] + b): the pooled vector NSP and classification read."""
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Mean of the final hidden states over real tokens (B, C): sentence embeddings."""
+        hidden = self.encode(input_ids, attention_mask)
+        if attention_mask is None:
+            return hidden.mean(1)
+        w = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        token_type_ids: Tensor | None = None,
+    ) -> ModelOutput:
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        head = self.config.head
+        if head == "mlm":
+            h = self.mlm_norm(nn.functional.gelu(self.mlm_dense(hidden)))
+            logits = h @ self.tok.weight.t() + self.mlm_bias  # (B, T, V), tied decoder
+        elif head in ("nsp", "classify"):
+            logits = self.classifier(self.drop(self.pool(hidden)))  # (B, 2) or (B, L)
+        elif head == "token":
+            logits = self.classifier(self.drop(hidden))  # (B, T, L)
+        else:
+            logits = hidden
+        return ModelOutput(logits)
+
+
+def _init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

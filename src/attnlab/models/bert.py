@@ -19,7 +19,7 @@ from attnlab.attention import masks
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import MLP, Block, make_norm
 from attnlab.models import presets
-from attnlab.models.output import ModelOutput
+from attnlab.models.output import ModelOutput, check_input_ids
 from attnlab.position import LearnedPositionalEmbedding
 
 HEADS = ("none", "mlm", "nsp", "classify", "token")
@@ -105,11 +105,7 @@ class BERT(nn.Module):
         token_type_ids: Tensor | None = None,
     ) -> Tensor:
         """Final hidden states (B, T, C)."""
-        if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
-            raise ValueError(
-                f"input_ids: expected integer ids (B, T), got dtype {input_ids.dtype} and shape "
-                f"{tuple(input_ids.shape)}"
-            )
+        check_input_ids(input_ids)
         b, t = input_ids.shape
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)

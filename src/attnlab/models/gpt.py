@@ -26,7 +26,7 @@ from attnlab.attention.kv_cache import KVCache
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import Block, make_mlp, make_norm
 from attnlab.models import presets
-from attnlab.models.output import ModelOutput
+from attnlab.models.output import ModelOutput, check_input_ids
 from attnlab.position import LearnedPositionalEmbedding, RotaryEmbedding
 
 POSITIONS = ("learned", "rope", "alibi")
@@ -186,11 +186,7 @@ class GPT(nn.Module):
                 from the cache length.
             labels: token ids (B, T) for the next-token loss (see :func:`lm_loss`).
         """
-        if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
-            raise ValueError(
-                f"input_ids: expected integer ids (B, T), got dtype {input_ids.dtype} and shape "
-                f"{tuple(input_ids.shape)}"
-            )
+        check_input_ids(input_ids)
         b, t = input_ids.shape
         past = caches[0].length if caches else 0
         if past + t > self.config.max_len and self.pos is not None:

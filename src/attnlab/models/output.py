@@ -15,3 +15,12 @@ class ModelOutput:
     logits: Tensor
     hidden_states: tuple[Tensor, ...] | None = None
     loss: Tensor | None = None
+
+
+def check_input_ids(input_ids: Tensor) -> None:
+    """ValueError unless ``input_ids`` holds integer token ids of shape (B, T)."""
+    if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+        raise ValueError(
+            f"input_ids: expected integer ids (B, T), got dtype {input_ids.dtype} and shape "
+            f"{tuple(input_ids.shape)}"
+        )

@@ -13,7 +13,6 @@ from attnlab.models.gpt import GPT, GPTConfig
 
 MODEL = GPT
 
-ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 # Buffers some checkpoints carry that hold no weights (the causal mask of old versions).
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}

@@ -12,7 +12,6 @@ from attnlab.models.gpt import GPT, GPTConfig
 
 MODEL = GPT
 
-ARCHITECTURES = ("LlamaForCausalLM", "LlamaModel")
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
 # attnlab name within block i -> Hugging Face name within layer i

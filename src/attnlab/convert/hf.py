@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from attnlab.convert.maps import bert, gpt2, llama
+from attnlab.convert.state import build_model
 from attnlab.files import atomic_write_text
 from attnlab.models.gpt import GPT
 
@@ -77,22 +78,7 @@ def load_hf(directory: str | os.PathLike) -> nn.Module:
         state = family.to_attnlab(dict(tensors), config)
     except KeyError as exc:
         raise ValueError(f"{source}: missing tensor {exc.args[0]!r}") from None
-    model = family.MODEL(config)
-    expected = model.state_dict()
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise ValueError(f"{source}: unexpected tensors {unexpected[:5]}")
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ValueError(f"{source}: missing tensors for {missing[:5]}")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(
-                f"{source}: tensor for {key!r} has shape {tuple(value.shape)}, "
-                f"expected {tuple(expected[key].shape)}"
-            )
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model.eval()
+    return build_model(family.MODEL, config, state, source)
 
 
 def save_hf(model: GPT, directory: str | os.PathLike) -> Path:

@@ -16,7 +16,7 @@ def test_swiglu_and_gelu_mlp_formulas():
     s = SwiGLU(8, 12)
     want = s.down(F.silu(s.gate(x)) * s.up(x))
     torch.testing.assert_close(s(x), want)
-    m = MLP(8, 12, approximate="tanh")
+    m = MLP(8, 12, activation="gelu_tanh")
     torch.testing.assert_close(m(x), m.down(F.gelu(m.up(x), approximate="tanh")))
     assert isinstance(make_mlp("swiglu", 8, 12, bias=False), SwiGLU)
 
@@ -26,8 +26,11 @@ def test_norm_factory():
     assert isinstance(make_norm("rmsnorm", 8), nn.RMSNorm)
     with pytest.raises(ValueError, match="norm: expected one of layernorm, rmsnorm, got 'batch'"):
         make_norm("batch", 8)
-    with pytest.raises(ValueError, match="mlp: expected one of gelu, gelu_tanh, swiglu"):
-        make_mlp("relu", 8, 8, bias=True)
+    relu = make_mlp("relu", 8, 8, bias=True)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(relu(x), relu.down(F.relu(relu.up(x))))
+    with pytest.raises(ValueError, match="mlp: expected one of gelu, gelu_tanh, relu, swiglu"):
+        make_mlp("tanh", 8, 8, bias=True)
 
 
 @pytest.mark.parametrize("prenorm", [True, False])

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.attention import masks as mask_lib
+from attnlab.attention.backends import get_backend
 from attnlab.attention.bias import Bias, RelativePositionBias
 from attnlab.attention.kv_cache import KVCache
 from attnlab.attention.masks import Mask
@@ -113,11 +114,14 @@ class MultiHeadAttention(nn.Module):
 
         Args:
             mask: an attnlab mask or boolean tensor (True = attend) over (B, H, T, S).
-            cache: self-attention KV cache; new keys/values are appended and all cached ones
-                attended to, so decoding token by token equals the full forward.
+            cache: a KV cache. In self-attention new keys/values are appended and all cached
+                ones attended to, so decoding token by token equals the full forward. In
+                cross-attention the cache is filled from ``context`` on the first call and
+                reused afterwards (the context's keys/values are computed once per sequence).
             positions: absolute positions of the queries, (T,) or (B, T), for RoPE; default
                 continues the cache (or 0..T-1 without one).
-            need_weights: also return attention weights (B, H, T, S) (reference backend).
+            need_weights: also return attention weights (B, H, T, S); computed by the
+                "reference" backend when the configured one cannot return them.
 
         Returns:
             (B, T, C), or (output, weights) with ``need_weights``.
@@ -125,13 +129,16 @@ class MultiHeadAttention(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"x: expected 3 dims (B, T, C), got shape {tuple(x.shape)}")
         source = x if context is None else context
-        if context is not None and cache is not None:
-            raise ValueError("cache: only self-attention keys/values are cached (context given)")
         q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, Dh)
-        k = self._heads(self.k_proj(source), self.n_kv_heads)  # (B, Hkv, S, Dh)
-        v = self._heads(self.v_proj(source), self.n_kv_heads)  # (B, Hkv, S, Dh)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = self.q_norm(q)
+        if context is not None and cache is not None and cache.length:
+            k, v = cache.k[:, :, : cache.length], cache.v[:, :, : cache.length]  # reused
+        else:
+            k = self._heads(self.k_proj(source), self.n_kv_heads)  # (B, Hkv, S, Dh)
+            v = self._heads(self.v_proj(source), self.n_kv_heads)  # (B, Hkv, S, Dh)
+            if self.k_norm is not None:
+                k = self.k_norm(k)
 
         if positions is None:
             start = cache.length if cache is not None else 0
@@ -146,11 +153,14 @@ class MultiHeadAttention(nn.Module):
                 bias = self.position()
             elif isinstance(self.position, Bias):
                 bias = self.position
-        if cache is not None:
+        if cache is not None and not (context is not None and cache.length):
             k, v = cache.update(k, v)
 
         if isinstance(mask, Tensor):
             mask = mask_lib.from_tensor(mask)
+        backend = self.backend
+        if need_weights and backend != "auto" and not get_backend(backend).capabilities.weights:
+            backend = "reference"  # the weights are materialised by the eager kernel
         result = self.score(
             q,
             k,
@@ -158,7 +168,7 @@ class MultiHeadAttention(nn.Module):
             mask=mask,
             bias=bias,
             dropout_p=self.dropout if self.training else 0.0,
-            backend=self.backend,
+            backend=backend,
             return_weights=need_weights,
         )
         out, weights = result if need_weights else (result, None)

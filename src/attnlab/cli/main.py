@@ -32,10 +32,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from attnlab.cli import backends, bench
+    from attnlab.cli import backends, bench, info
 
     cli.add_command(backends.backends)
     cli.add_command(bench.bench)
+    cli.add_command(info.info)
 
 
 _register()

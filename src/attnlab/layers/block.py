@@ -39,10 +39,13 @@ class Block(nn.Module):
         self.prenorm = prenorm
         self.drop = nn.Dropout(dropout)
 
-    def _residual(self, x: Tensor, norm: nn.Module, fn) -> Tensor:
+    def _residual(self, x: Tensor, norm: nn.Module, fn) -> tuple[Tensor, Tensor | None]:
+        """Apply one sub-layer ``fn`` (returning (output, weights or None)) with its residual."""
         if self.prenorm:
-            return x + self.drop(fn(norm(x)))
-        return norm(x + self.drop(fn(x)))
+            out, weights = fn(norm(x))
+            return x + self.drop(out), weights
+        out, weights = fn(x)
+        return norm(x + self.drop(out)), weights
 
     def forward(
         self,
@@ -53,14 +56,36 @@ class Block(nn.Module):
         positions: Tensor | None = None,
         context: Tensor | None = None,
         context_mask: Mask | Tensor | None = None,
-    ) -> Tensor:
-        x = self._residual(
-            x, self.attn_norm, lambda h: self.attn(h, mask=mask, cache=cache, positions=positions)
-        )
+        cross_cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor | None]:
+        """x (B, T, C) -> (B, T, C); with ``need_weights`` also the self-attention weights
+        (B, H, T, S) and the cross-attention weights (B, H, T, S_ctx) or None.
+
+        ``cross_cache`` holds the context's keys/values, computed on the first call only."""
+
+        def attend(h):
+            return _pair(
+                self.attn(h, mask=mask, cache=cache, positions=positions, need_weights=need_weights)
+            )
+
+        x, weights = self._residual(x, self.attn_norm, attend)
+        cross_weights = None
         if self.cross is not None:
             if context is None:
                 raise ValueError("context: this block has cross-attention; expected a tensor")
-            x = self._residual(
-                x, self.cross_norm, lambda h: self.cross(h, context, mask=context_mask)
-            )
-        return self._residual(x, self.mlp_norm, self.mlp)
+
+            def cross(h):
+                return _pair(
+                    self.cross(
+                        h, context, mask=context_mask, cache=cross_cache, need_weights=need_weights
+                    )
+                )
+
+            x, cross_weights = self._residual(x, self.cross_norm, cross)
+        x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h), None))
+        return (x, weights, cross_weights) if need_weights else x
+
+
+def _pair(result) -> tuple[Tensor, Tensor | None]:
+    return result if isinstance(result, tuple) else (result, None)

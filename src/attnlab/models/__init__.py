@@ -1,7 +1,60 @@
-"""Model families built from attnlab's attention and layers."""
+"""Model families built from attnlab's attention and layers.
 
+Every family is one dataclass config plus one ``nn.Module``, with named presets; all share the
+calling convention ``model(inputs, attention_mask=None, **family_inputs) -> ModelOutput``.
+:func:`from_preset` builds any family's preset by name.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from attnlab.models import bert, encoder_decoder, gpt, presets, vit
 from attnlab.models.bert import BERT, BertConfig
+from attnlab.models.encoder_decoder import DecoderCaches, EncoderDecoder, TransformerConfig
 from attnlab.models.gpt import GPT, GPTConfig, lm_loss
-from attnlab.models.output import ModelOutput
+from attnlab.models.output import ModelOutput, set_backend
+from attnlab.models.vit import ViT, ViTConfig
 
-__all__ = ["BERT", "GPT", "BertConfig", "GPTConfig", "ModelOutput", "lm_loss"]
+# Preset tables and the model class each builds.
+FAMILIES = (
+    (gpt.PRESETS, GPT),
+    (bert.PRESETS, BERT),
+    (encoder_decoder.PRESETS, EncoderDecoder),
+    (vit.PRESETS, ViT),
+)
+
+
+def preset_names() -> list[str]:
+    """Every model preset of every family."""
+    return [name for table, _ in FAMILIES for name in table]
+
+
+def from_preset(name: str, **overrides) -> nn.Module:
+    """The model of any family built from preset ``name`` with config fields overridden."""
+    for table, model_cls in FAMILIES:
+        if name in table:
+            return model_cls.from_preset(name, **overrides)
+    names = preset_names()
+    raise ValueError(
+        f"preset: unknown model preset {name!r}{presets.closest(name, names)}; "
+        f"expected one of {', '.join(names)}"
+    )
+
+
+__all__ = [
+    "BERT",
+    "GPT",
+    "BertConfig",
+    "DecoderCaches",
+    "EncoderDecoder",
+    "GPTConfig",
+    "ModelOutput",
+    "TransformerConfig",
+    "ViT",
+    "ViTConfig",
+    "from_preset",
+    "lm_loss",
+    "preset_names",
+    "set_backend",
+]

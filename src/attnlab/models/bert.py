@@ -15,11 +15,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab.attention import masks
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import MLP, Block, make_norm
 from attnlab.models import presets
-from attnlab.models.output import ModelOutput, check_input_ids
+from attnlab.models.output import (
+    ModelOutput,
+    StackOutput,
+    check_input_ids,
+    classification_loss,
+    key_padding_mask,
+    mean_pool,
+    run_blocks,
+)
 from attnlab.position import LearnedPositionalEmbedding
 
 HEADS = ("none", "mlm", "nsp", "classify", "token")
@@ -105,23 +112,33 @@ class BERT(nn.Module):
         token_type_ids: Tensor | None = None,
     ) -> Tensor:
         """Final hidden states (B, T, C)."""
+        return self._encode(input_ids, attention_mask, token_type_ids).x
+
+    def _encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> StackOutput:
         check_input_ids(input_ids)
         b, t = input_ids.shape
+        if t > self.config.max_len:
+            raise ValueError(f"input_ids: {t} tokens exceed max_len={self.config.max_len}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         positions = torch.arange(t, device=input_ids.device)
         x = self.tok(input_ids) + self.pos(positions) + self.seg(token_type_ids)
         x = self.drop(self.emb_norm(x))
-        mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != (b, t):
-                raise ValueError(
-                    f"attention_mask: expected shape {(b, t)}, got {tuple(attention_mask.shape)}"
-                )
-            mask = masks.from_tensor(attention_mask.bool()[:, None, None, :])
-        for block in self.blocks:
-            x = block(x, mask=mask)
-        return x
+        return run_blocks(
+            self.blocks,
+            x,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            mask=key_padding_mask(attention_mask, b, t),
+        )
 
     def pool(self, hidden: Tensor) -> Tensor:
         """tanh(W h_[CLS] + b): the pooled vector NSP and classification read."""
@@ -129,11 +146,7 @@ class BERT(nn.Module):
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Mean of the final hidden states over real tokens (B, C): sentence embeddings."""
-        hidden = self.encode(input_ids, attention_mask)
-        if attention_mask is None:
-            return hidden.mean(1)
-        w = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)
+        return mean_pool(self.encode(input_ids, attention_mask), attention_mask)
 
     def forward(
         self,
@@ -141,8 +154,26 @@ class BERT(nn.Module):
         attention_mask: Tensor | None = None,
         *,
         token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> ModelOutput:
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        """Logits of the configured head for ``input_ids`` (B, T).
+
+        Args:
+            attention_mask: (B, T), 1 for real tokens and 0 for padding.
+            token_type_ids: (B, T) segment ids (0 for sentence A, 1 for B); default all 0.
+            labels: for the loss: token ids (B, T) with -100 where nothing is predicted (mlm),
+                classes (B,) (nsp, classify) or (B, T) with -100 ignored (token).
+        """
+        stack = self._encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        hidden = stack.x
         head = self.config.head
         if head == "mlm":
             h = self.mlm_norm(nn.functional.gelu(self.mlm_dense(hidden)))
@@ -153,7 +184,17 @@ class BERT(nn.Module):
             logits = self.classifier(self.drop(hidden))  # (B, T, L)
         else:
             logits = hidden
-        return ModelOutput(logits)
+        loss = None
+        if labels is not None:
+            if head == "none":
+                raise ValueError("labels: the model has no head (head='none') to compute a loss")
+            loss = classification_loss(logits, labels)
+        return ModelOutput(
+            logits,
+            hidden_states=(*stack.hidden_states, hidden) if output_hidden_states else None,
+            attentions=stack.attentions,
+            loss=loss,
+        )
 
 
 def _init(module: nn.Module) -> None:

@@ -26,7 +26,7 @@ from attnlab.attention.kv_cache import KVCache
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import Block, make_mlp, make_norm
 from attnlab.models import presets
-from attnlab.models.output import ModelOutput, check_input_ids
+from attnlab.models.output import ModelOutput, check_input_ids, run_blocks
 from attnlab.position import LearnedPositionalEmbedding, RotaryEmbedding
 
 POSITIONS = ("learned", "rope", "alibi")
@@ -174,6 +174,7 @@ class GPT(nn.Module):
         positions: Tensor | None = None,
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> ModelOutput:
         """Logits for every position of ``input_ids`` (B, T).
 
@@ -185,6 +186,8 @@ class GPT(nn.Module):
             positions: absolute positions (B, T) or (T,); default from ``attention_mask`` or
                 from the cache length.
             labels: token ids (B, T) for the next-token loss (see :func:`lm_loss`).
+            output_hidden_states, output_attentions: also return every block's input (and the
+                final normalised output) and every block's attention weights (B, H, T, S).
         """
         check_input_ids(input_ids)
         b, t = input_ids.shape
@@ -210,19 +213,23 @@ class GPT(nn.Module):
         x = self.tok(input_ids)  # (B, T, C)
         if self.pos is not None:
             x = x + self.pos(positions)
-        x = self.drop(x)
-        hidden = []
-        for i, block in enumerate(self.blocks):
-            if output_hidden_states:
-                hidden.append(x)
-            cache = caches[i] if caches else None
-            x = block(x, mask=mask, cache=cache, positions=positions)
-        x = self.norm(x)
-        if output_hidden_states:
-            hidden.append(x)
+        stack = run_blocks(
+            self.blocks,
+            self.drop(x),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            caches=caches,
+            mask=mask,
+            positions=positions,
+        )
+        x = self.norm(stack.x)
         logits = self.head(x)  # (B, T, V)
-        loss = lm_loss(logits, labels, attention_mask) if labels is not None else None
-        return ModelOutput(logits, tuple(hidden) if output_hidden_states else None, loss)
+        return ModelOutput(
+            logits,
+            hidden_states=(*stack.hidden_states, x) if output_hidden_states else None,
+            attentions=stack.attentions,
+            loss=lm_loss(logits, labels, attention_mask) if labels is not None else None,
+        )
 
 
 def lm_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:

@@ -65,12 +65,16 @@ def test_round_trip_through_save_hf(hf_dir, tmp_path):
         )
 
 
-def test_save_refuses_a_model_gpt2_cannot_hold(tmp_path):
-    llama = GPT.from_preset(
-        "llama-small", n_layer=1, dim=32, n_head=4, vocab_size=50, hidden_multiple_of=16
+def test_save_refuses_a_model_no_family_can_hold(tmp_path):
+    model = GPT.from_preset(
+        "gpt2", n_layer=1, dim=32, n_head=4, vocab_size=50, position="alibi", qk_norm=True
     )
-    with pytest.raises(ValueError, match="model: cannot be written as GPT-2: norm='rmsnorm'"):
-        save_hf(llama, tmp_path)
+    with pytest.raises(ValueError, match="model: cannot be written") as info:
+        save_hf(model, tmp_path / "out")
+    message = str(info.value)
+    assert "as GPT-2: position='alibi' (GPT-2 needs 'learned'), qk_norm=True" in message
+    assert "as Llama: norm='layernorm' (Llama needs 'rmsnorm')" in message
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def _copy(src, dst):

@@ -1,6 +1,7 @@
 """BERT (transformers ``BertModel``, ``BertForMaskedLM``, ``BertForNextSentencePrediction``,
 ``BertForSequenceClassification``, ``BertForTokenClassification``; sentence-transformers'
-MiniLM is a ``BertModel``) <-> attnlab ``BERT``. Linear layers map one to one."""
+MiniLM is a ``BertModel``) <-> attnlab ``BERT``. Linear layers map one to one; both directions
+read the same tables below."""
 
 from __future__ import annotations
 
@@ -8,32 +9,58 @@ from torch import Tensor
 
 from attnlab.models.bert import BERT, BertConfig
 
+NAME = "BERT"
 MODEL = BERT
 
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
-HEAD_OF = {
-    "BertForMaskedLM": "mlm",
-    "BertForPreTraining": "mlm",
-    "BertForNextSentencePrediction": "nsp",
-    "BertForSequenceClassification": "classify",
-    "BertForTokenClassification": "token",
-    "BertModel": "none",
+ARCH_OF = {  # attnlab head -> the transformers class that carries it
+    "mlm": "BertForMaskedLM",
+    "nsp": "BertForNextSentencePrediction",
+    "classify": "BertForSequenceClassification",
+    "token": "BertForTokenClassification",
+    "none": "BertModel",
 }
+HEAD_OF = {arch: head for head, arch in ARCH_OF.items()} | {"BertForPreTraining": "mlm"}
+# Checkpoints other than BertModel keep the encoder under ``bert.``; heads sit beside it.
+ENCODER_PREFIX = "bert."
+
+
+def _linear(ours: str, theirs: str) -> dict[str, str]:
+    """Weight and bias of one module (Linear or LayerNorm)."""
+    return {f"{ours}.weight": f"{theirs}.weight", f"{ours}.bias": f"{theirs}.bias"}
+
+
+# attnlab name -> Hugging Face name within the encoder
+EMBEDDING_KEYS = {
+    "tok.weight": "embeddings.word_embeddings.weight",
+    "pos.weight": "embeddings.position_embeddings.weight",
+    "seg.weight": "embeddings.token_type_embeddings.weight",
+    **_linear("emb_norm", "embeddings.LayerNorm"),
+}
+# attnlab name within block i -> Hugging Face name within encoder.layer.i
 LAYER_KEYS = {
-    "attn.q_proj": "attention.self.query",
-    "attn.k_proj": "attention.self.key",
-    "attn.v_proj": "attention.self.value",
-    "attn.out_proj": "attention.output.dense",
-    "attn_norm": "attention.output.LayerNorm",
-    "mlp.up": "intermediate.dense",
-    "mlp.down": "output.dense",
-    "mlp_norm": "output.LayerNorm",
+    **_linear("attn.q_proj", "attention.self.query"),
+    **_linear("attn.k_proj", "attention.self.key"),
+    **_linear("attn.v_proj", "attention.self.value"),
+    **_linear("attn.out_proj", "attention.output.dense"),
+    **_linear("attn_norm", "attention.output.LayerNorm"),
+    **_linear("mlp.up", "intermediate.dense"),
+    **_linear("mlp.down", "output.dense"),
+    **_linear("mlp_norm", "output.LayerNorm"),
 }
-TOP_KEYS = {
-    "tok": "embeddings.word_embeddings",
-    "pos": "embeddings.position_embeddings",
-    "seg": "embeddings.token_type_embeddings",
-    "emb_norm": "embeddings.LayerNorm",
+POOLER_KEYS = _linear("pooler", "pooler.dense")
+# attnlab name -> Hugging Face name, outside the encoder. The masked-LM decoder weight is tied to
+# the word embeddings (its bias to cls.predictions.bias), so it is not stored separately.
+HEAD_KEYS: dict[str, dict[str, str]] = {
+    "mlm": {
+        **_linear("mlm_dense", "cls.predictions.transform.dense"),
+        **_linear("mlm_norm", "cls.predictions.transform.LayerNorm"),
+        "mlm_bias": "cls.predictions.bias",
+    },
+    "nsp": _linear("classifier", "cls.seq_relationship"),
+    "classify": _linear("classifier", "classifier"),
+    "token": _linear("classifier", "classifier"),
+    "none": {},
 }
 
 
@@ -46,8 +73,21 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> BertCo
         )
     if hf.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(
+            f"config.json: position_embedding_type {hf['position_embedding_type']!r} is not "
+            "supported (expected 'absolute')"
+        )
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+        raise ValueError("config.json: is_decoder/add_cross_attention BERT is not supported")
     head = HEAD_OF[arch]
-    has_pooler = tensors is None or any(k.endswith("pooler.dense.weight") for k in tensors)
+    # Masked-LM and token-classification checkpoints may come without the pooler.
+    has_pooler = (
+        tensors is None
+        or head in ("nsp", "classify")
+        or any(k.endswith("pooler.dense.weight") for k in tensors)
+    )
+    labels = hf.get("id2label")
     return BertConfig(
         vocab_size=hf["vocab_size"],
         max_len=hf["max_position_embeddings"],
@@ -58,38 +98,74 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> BertCo
         hidden=hf["intermediate_size"],
         norm_eps=hf.get("layer_norm_eps", 1e-12),
         head=head,
-        num_labels=len(hf.get("id2label") or {0: 0, 1: 1}),
+        num_labels=len(labels) if labels else hf.get("num_labels", 2),
         pooler=has_pooler,
     )
 
 
+def supports(c: BertConfig) -> list[str]:
+    """Why ``c`` cannot be written as BERT (empty when it can)."""
+    return [] if c.head in ARCH_OF else [f"head={c.head!r} (BERT heads: {', '.join(ARCH_OF)})"]
+
+
+def config_to_hf(c: BertConfig) -> dict:
+    """``config.json`` contents for the transformers class of ``c.head``."""
+    hf = {
+        "architectures": [ARCH_OF[c.head]],
+        "model_type": "bert",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.dim,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "intermediate_size": c.hidden,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": c.dropout,
+        "attention_probs_dropout_prob": c.dropout,
+        "max_position_embeddings": c.max_len,
+        "type_vocab_size": c.type_vocab_size,
+        "layer_norm_eps": c.norm_eps,
+        "position_embedding_type": "absolute",
+        "pad_token_id": 0,
+        "tie_word_embeddings": True,
+    }
+    if c.head in ("classify", "token"):
+        labels = [f"LABEL_{i}" for i in range(c.num_labels)]
+        hf["id2label"] = dict(enumerate(labels))
+        hf["label2id"] = {name: i for i, name in enumerate(labels)}
+    return hf
+
+
+def _keys(c: BertConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """attnlab name -> Hugging Face name, for the encoder (names without ``bert.``) and for
+    the head."""
+    keys = dict(EMBEDDING_KEYS)
+    for i in range(c.n_layer):
+        keys.update({f"blocks.{i}.{o}": f"encoder.layer.{i}.{t}" for o, t in LAYER_KEYS.items()})
+    if c.pooler:
+        keys.update(POOLER_KEYS)
+    return keys, HEAD_KEYS[c.head]
+
+
 def to_attnlab(sd: dict[str, Tensor], c: BertConfig) -> dict[str, Tensor]:
     """Hugging Face state dict (``bert.`` prefix optional) -> attnlab state dict."""
-    sd = {k.removeprefix("bert."): v for k, v in sd.items()}
-    out: dict[str, Tensor] = {}
-
-    def move(ours: str, theirs: str, bias: bool = True) -> None:
-        out[ours + ".weight"] = sd.pop(theirs + ".weight")
-        if bias:
-            out[ours + ".bias"] = sd.pop(theirs + ".bias")
-
-    for ours, theirs in TOP_KEYS.items():
-        move(ours, theirs, bias=ours == "emb_norm")
-    for i in range(c.n_layer):
-        for ours, theirs in LAYER_KEYS.items():
-            move(f"blocks.{i}.{ours}", f"encoder.layer.{i}.{theirs}")
-    if c.pooler:
-        move("pooler", "pooler.dense")
+    sd = {k.removeprefix(ENCODER_PREFIX): v for k, v in sd.items()}
+    encoder, head = _keys(c)
+    out = {ours: sd.pop(theirs) for ours, theirs in (encoder | head).items()}
     if c.head == "mlm":
-        move("mlm_dense", "cls.predictions.transform.dense")
-        move("mlm_norm", "cls.predictions.transform.LayerNorm")
-        out["mlm_bias"] = sd.pop("cls.predictions.bias")
-        # The decoder is tied to the word embeddings; checkpoints may carry copies of both.
-        sd.pop("cls.predictions.decoder.weight", None)
-        sd.pop("cls.predictions.decoder.bias", None)
-    elif c.head == "nsp":
-        move("classifier", "cls.seq_relationship")
-    elif c.head in ("classify", "token"):
-        move("classifier", "classifier")
+        # Copies of the tied decoder, and the next-sentence head of pre-training checkpoints,
+        # which a masked-LM model has no place for (transformers drops it too).
+        for key in ("decoder.weight", "decoder.bias"):
+            sd.pop(f"cls.predictions.{key}", None)
+        for key in ("weight", "bias"):
+            sd.pop(f"cls.seq_relationship.{key}", None)
     out.update(sd)  # leftovers are reported as unexpected by the loader
+    return out
+
+
+def from_attnlab(sd: dict[str, Tensor], c: BertConfig) -> dict[str, Tensor]:
+    """attnlab state dict -> Hugging Face state dict of ``ARCH_OF[c.head]``."""
+    encoder, head = _keys(c)
+    prefix = "" if c.head == "none" else ENCODER_PREFIX
+    out = {prefix + theirs: sd[ours] for ours, theirs in encoder.items()}
+    out.update({theirs: sd[ours] for ours, theirs in head.items()})
     return out

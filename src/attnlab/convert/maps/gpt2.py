@@ -1,7 +1,8 @@
-"""GPT-2 (transformers ``GPT2LMHeadModel``) <-> attnlab ``GPT``.
+"""GPT-2 (transformers ``GPT2LMHeadModel``) <-> attnlab ``GPT`` in its GPT-2 flavour.
 
 GPT-2's linear layers are ``Conv1D``: weights stored (in, out), the transpose of
 ``nn.Linear``; the query/key/value projections are fused into one ``c_attn`` of width 3C.
+Both directions read the same tables below.
 """
 
 from __future__ import annotations
@@ -11,11 +12,39 @@ from torch import Tensor
 
 from attnlab.models.gpt import GPT, GPTConfig
 
+NAME = "GPT-2"
 MODEL = GPT
 
 # Buffers some checkpoints carry that hold no weights (the causal mask of old versions).
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+ACTIVATION_NAMES = {"gelu_tanh": "gelu_new", "gelu": "gelu"}  # attnlab mlp -> activation_function
+
+# attnlab name -> Hugging Face name (without the ``transformer.`` prefix)
+TOP_KEYS = {
+    "tok.weight": "wte.weight",
+    "pos.weight": "wpe.weight",
+    "norm.weight": "ln_f.weight",
+    "norm.bias": "ln_f.bias",
+}
+# attnlab name within block i -> Hugging Face name within layer h.i
+LAYER_KEYS = {
+    "attn.out_proj.weight": "attn.c_proj.weight",
+    "attn.out_proj.bias": "attn.c_proj.bias",
+    "mlp.up.weight": "mlp.c_fc.weight",
+    "mlp.up.bias": "mlp.c_fc.bias",
+    "mlp.down.weight": "mlp.c_proj.weight",
+    "mlp.down.bias": "mlp.c_proj.bias",
+    "attn_norm.weight": "ln_1.weight",
+    "attn_norm.bias": "ln_1.bias",
+    "mlp_norm.weight": "ln_2.weight",
+    "mlp_norm.bias": "ln_2.bias",
+}
+# Conv1D weights: stored transposed relative to nn.Linear.
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Hugging Face fused projection within layer h.i -> the attnlab projections it concatenates
+# along the output dimension (after un-transposing).
+FUSED = {"attn.c_attn": ("attn.q_proj", "attn.k_proj", "attn.v_proj")}
 
 
 def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTConfig:
@@ -38,7 +67,21 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTCon
     )
 
 
+def supports(c: GPTConfig) -> list[str]:
+    """Why ``c`` cannot be written as GPT-2 (empty when it can)."""
+    want = {"norm": "layernorm", "position": "learned", "bias": True, "qk_norm": False}
+    bad = [
+        f"{k}={getattr(c, k)!r} (GPT-2 needs {v!r})" for k, v in want.items() if getattr(c, k) != v
+    ]
+    if c.mlp not in ACTIVATION_NAMES:
+        bad.append(f"mlp={c.mlp!r} (GPT-2 needs a GELU MLP)")
+    if c.n_kv_head != c.n_head:
+        bad.append("grouped-query attention (GPT-2 has n_kv_head == n_head)")
+    return bad
+
+
 def config_to_hf(c: GPTConfig) -> dict:
+    """``config.json`` contents for ``GPT2LMHeadModel``."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -50,73 +93,57 @@ def config_to_hf(c: GPTConfig) -> dict:
         "n_embd": c.dim,
         "n_inner": c.hidden,
         "layer_norm_epsilon": c.norm_eps,
-        "activation_function": {"gelu_tanh": "gelu_new", "gelu": "gelu"}[c.mlp],
+        "activation_function": ACTIVATION_NAMES[c.mlp],
+        "resid_pdrop": c.dropout,
+        "embd_pdrop": c.dropout,
+        "attn_pdrop": c.dropout,
         "tie_word_embeddings": c.tie_embeddings,
     }
 
 
-def supports(c: GPTConfig) -> list[str]:
-    """Why ``c`` cannot be written as GPT-2 (empty when it can)."""
-    want = {"norm": "layernorm", "position": "learned", "bias": True, "qk_norm": False}
-    bad = [
-        f"{k}={getattr(c, k)!r} (GPT-2 needs {v!r})" for k, v in want.items() if getattr(c, k) != v
-    ]
-    if c.mlp not in ("gelu_tanh", "gelu"):
-        bad.append(f"mlp={c.mlp!r} (GPT-2 needs a GELU MLP)")
-    if c.n_kv_head != c.n_head:
-        bad.append("grouped-query attention (GPT-2 has n_kv_head == n_head)")
-    return bad
+def _body_keys(c: GPTConfig) -> dict[str, str]:
+    """attnlab name -> Hugging Face name (no ``transformer.`` prefix) for every tensor of the
+    body that maps one to one."""
+    keys = dict(TOP_KEYS)
+    for i in range(c.n_layer):
+        keys.update({f"blocks.{i}.{o}": f"h.{i}.{t}" for o, t in LAYER_KEYS.items()})
+    return keys
 
 
 def to_attnlab(sd: dict[str, Tensor], c: GPTConfig) -> dict[str, Tensor]:
     """Hugging Face state dict (``transformer.`` prefix optional) -> attnlab state dict."""
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-    out = {"tok.weight": sd.pop("wte.weight"), "pos.weight": sd.pop("wpe.weight")}
+    out: dict[str, Tensor] = {}
+    for ours, theirs in _body_keys(c).items():
+        t = sd.pop(theirs)
+        out[ours] = t.t() if theirs.endswith(TRANSPOSED) else t
     for i in range(c.n_layer):
-        h, b = f"h.{i}.", f"blocks.{i}."
-        q, k, v = sd.pop(h + "attn.c_attn.weight").t().chunk(3, dim=0)  # (C, 3C) -> 3 x (C, C)
-        qb, kb, vb = sd.pop(h + "attn.c_attn.bias").chunk(3)
-        for name, w, bias in (("q_proj", q, qb), ("k_proj", k, kb), ("v_proj", v, vb)):
-            out[b + f"attn.{name}.weight"], out[b + f"attn.{name}.bias"] = w, bias
-        pairs = {
-            "attn.c_proj": "attn.out_proj",
-            "mlp.c_fc": "mlp.up",
-            "mlp.c_proj": "mlp.down",
-        }
-        for hf_name, ours in pairs.items():
-            out[b + ours + ".weight"] = sd.pop(h + hf_name + ".weight").t()
-            out[b + ours + ".bias"] = sd.pop(h + hf_name + ".bias")
-        for hf_name, ours in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-            out[b + ours + ".weight"] = sd.pop(h + hf_name + ".weight")
-            out[b + ours + ".bias"] = sd.pop(h + hf_name + ".bias")
-    out["norm.weight"], out["norm.bias"] = sd.pop("ln_f.weight"), sd.pop("ln_f.bias")
-    head = sd.pop("lm_head.weight", None)
-    out["head.weight"] = head if head is not None else out["tok.weight"]
-    out.update(sd)  # whatever is left is reported as unexpected by the loader
+        for theirs, parts in FUSED.items():
+            w = sd.pop(f"h.{i}.{theirs}.weight").t()  # (C, 3C) -> (3C, C)
+            b = sd.pop(f"h.{i}.{theirs}.bias")
+            for name, wi, bi in zip(parts, w.chunk(len(parts)), b.chunk(len(parts)), strict=True):
+                out[f"blocks.{i}.{name}.weight"], out[f"blocks.{i}.{name}.bias"] = wi, bi
+    if c.tie_embeddings:  # transformers ties the head as well, ignoring any stored copy
+        sd.pop("lm_head.weight", None)
+        out["head.weight"] = out["tok.weight"]
+    else:
+        out["head.weight"] = sd.pop("lm_head.weight")
+    out.update(sd)  # leftovers are reported as unexpected by the loader
     return out
 
 
 def from_attnlab(sd: dict[str, Tensor], c: GPTConfig) -> dict[str, Tensor]:
     """attnlab state dict -> Hugging Face ``GPT2LMHeadModel`` state dict."""
-    out = {"transformer.wte.weight": sd["tok.weight"], "transformer.wpe.weight": sd["pos.weight"]}
+    out: dict[str, Tensor] = {}
+    for ours, theirs in _body_keys(c).items():
+        t = sd[ours]
+        out["transformer." + theirs] = t.t().contiguous() if theirs.endswith(TRANSPOSED) else t
     for i in range(c.n_layer):
-        h, b = f"transformer.h.{i}.", f"blocks.{i}."
-        qkv = [sd[b + f"attn.{n}.weight"] for n in ("q_proj", "k_proj", "v_proj")]
-        out[h + "attn.c_attn.weight"] = torch.cat(qkv, 0).t().contiguous()
-        out[h + "attn.c_attn.bias"] = torch.cat(
-            [sd[b + f"attn.{n}.bias"] for n in ("q_proj", "k_proj", "v_proj")]
-        )
-        pairs = {"attn.c_proj": "attn.out_proj", "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
-        for hf_name, ours in pairs.items():
-            out[h + hf_name + ".weight"] = sd[b + ours + ".weight"].t().contiguous()
-            out[h + hf_name + ".bias"] = sd[b + ours + ".bias"]
-        for hf_name, ours in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-            out[h + hf_name + ".weight"] = sd[b + ours + ".weight"]
-            out[h + hf_name + ".bias"] = sd[b + ours + ".bias"]
-    out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = (
-        sd["norm.weight"],
-        sd["norm.bias"],
-    )
+        h = f"transformer.h.{i}."
+        for theirs, parts in FUSED.items():
+            w = torch.cat([sd[f"blocks.{i}.{p}.weight"] for p in parts])  # (3C, C)
+            out[h + theirs + ".weight"] = w.t().contiguous()  # (C, 3C)
+            out[h + theirs + ".bias"] = torch.cat([sd[f"blocks.{i}.{p}.bias"] for p in parts])
     if not c.tie_embeddings:
         out["lm_head.weight"] = sd["head.weight"]
     return out

@@ -1,7 +1,8 @@
 """Llama family (transformers ``LlamaForCausalLM``) <-> attnlab ``GPT`` in its Llama flavour.
 
 Hugging Face stores q/k projections already permuted for the "rotate half" RoPE layout that
-attnlab uses, so the tensors map one to one; only the names change.
+attnlab uses, so the tensors map one to one; only the names change. Both directions read the
+same tables below.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from torch import Tensor
 
 from attnlab.models.gpt import GPT, GPTConfig
 
+NAME = "Llama"
 MODEL = GPT
 
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
+# attnlab name -> Hugging Face name
+TOP_KEYS = {"tok.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
 # attnlab name within block i -> Hugging Face name within layer i
 LAYER_KEYS = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -42,6 +46,8 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTCon
         raise ValueError(
             "config.json: head_dim != hidden_size / num_attention_heads is not supported yet"
         )
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported")
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise ValueError("config.json: attention_bias/mlp_bias are not supported yet")
     return GPTConfig(
@@ -62,16 +68,65 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTCon
     )
 
 
+def supports(c: GPTConfig) -> list[str]:
+    """Why ``c`` cannot be written as Llama (empty when it can)."""
+    want = {
+        "norm": "rmsnorm",
+        "mlp": "swiglu",
+        "position": "rope",
+        "bias": False,
+        "qk_norm": False,
+    }
+    return [
+        f"{k}={getattr(c, k)!r} (Llama needs {v!r})" for k, v in want.items() if getattr(c, k) != v
+    ]
+
+
+def config_to_hf(c: GPTConfig) -> dict:
+    """``config.json`` contents for ``LlamaForCausalLM``; the RoPE base is written both as
+    ``rope_theta`` (transformers 4) and in ``rope_parameters`` (transformers 5)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.dim,
+        "intermediate_size": c.hidden,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "num_key_value_heads": c.n_kv_head,
+        "head_dim": c.head_dim,
+        "max_position_embeddings": c.max_len,
+        "hidden_act": "silu",
+        "rms_norm_eps": c.norm_eps,
+        "rope_theta": c.rope_base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_base},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": c.dropout,
+        "tie_word_embeddings": c.tie_embeddings,
+    }
+
+
+def _keys(c: GPTConfig) -> dict[str, str]:
+    """attnlab name -> Hugging Face name for every stored tensor."""
+    keys = dict(TOP_KEYS)
+    for i in range(c.n_layer):
+        keys.update({f"blocks.{i}.{o}": f"model.layers.{i}.{t}" for o, t in LAYER_KEYS.items()})
+    if not c.tie_embeddings:
+        keys["head.weight"] = "lm_head.weight"
+    return keys
+
+
 def to_attnlab(sd: dict[str, Tensor], c: GPTConfig) -> dict[str, Tensor]:
     """Hugging Face state dict -> attnlab state dict."""
-    out = {
-        "tok.weight": sd.pop("model.embed_tokens.weight"),
-        "norm.weight": sd.pop("model.norm.weight"),
-    }
-    for i in range(c.n_layer):
-        for ours, theirs in LAYER_KEYS.items():
-            out[f"blocks.{i}.{ours}"] = sd.pop(f"model.layers.{i}.{theirs}")
-    head = sd.pop("lm_head.weight", None)
-    out["head.weight"] = head if head is not None else out["tok.weight"]
+    out = {ours: sd.pop(theirs) for ours, theirs in _keys(c).items()}
+    if c.tie_embeddings:  # transformers ties the head as well, ignoring any stored copy
+        sd.pop("lm_head.weight", None)
+        out["head.weight"] = out["tok.weight"]
     out.update(sd)  # leftovers are reported as unexpected by the loader
     return out
+
+
+def from_attnlab(sd: dict[str, Tensor], c: GPTConfig) -> dict[str, Tensor]:
+    """attnlab state dict -> Hugging Face ``LlamaForCausalLM`` state dict."""
+    return {theirs: sd[ours] for ours, theirs in _keys(c).items()}

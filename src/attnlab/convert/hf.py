@@ -6,7 +6,7 @@ Nothing is fetched over the network. Every tensor must be used and every paramet
 a missing, unexpected or wrongly shaped tensor is an error naming the file and the tensor.
 
 Saving writes what transformers' ``from_pretrained`` reads: GPT as GPT-2 or Llama (whichever can
-hold its configuration), BERT as the transformers class of its head. Every file is written to a
+hold its configuration), BERT as the transformers class of its head, ViT as an image classifier. Every file is written to a
 temporary name and renamed into place, so a reader never sees half of one.
 """
 
@@ -24,12 +24,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from attnlab.convert.maps import bert, gpt2, llama
+from attnlab.convert.maps import bert, gpt2, llama, vit
 from attnlab.convert.state import build_model
 from attnlab.files import atomic_write_text
 
 # model_type -> key map; save_hf tries them in this order for a model of their MODEL class.
-FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama, "bert": bert}
+FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama, "bert": bert, "vit": vit}
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -106,7 +106,8 @@ def _read_weights(directory: Path) -> tuple[dict[str, Tensor], str]:
 
 def load_hf(directory: str | os.PathLike) -> nn.Module:
     """The attnlab model for a Hugging Face checkpoint directory: GPT-2 and Llama (as ``GPT``),
-    BERT with its masked-LM, next-sentence, classification or no head (as ``BERT``)."""
+    BERT with its masked-LM, next-sentence, classification or no head (as ``BERT``), and ViT
+    image classifiers (as ``ViT``)."""
     directory = Path(directory)
     config_path = directory / "config.json"
     hf = _read_config(config_path)

@@ -118,19 +118,38 @@ def test_round_trip_through_save_hf_is_exact(hf_dir, tmp_path):
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
-def test_pretraining_checkpoint_loads_as_masked_lm(tmp_path):
-    """BertForPreTraining (bert-base-uncased's layout) carries an NSP head too; the masked-LM
-    model leaves it out, as transformers' BertForMaskedLM does."""
+def test_pretraining_checkpoint_gives_both_heads(tmp_path):
+    """BertForPreTraining (bert-base-uncased's layout): masked-LM and next-sentence logits and
+    the summed loss equal transformers'."""
     torch.manual_seed(0)
     hf = _randomize(BertForPreTraining(_config()))
     hf.save_pretrained(tmp_path, safe_serialization=True)
     ours = load_hf(tmp_path)
-    assert ours.config.head == "mlm" and ours.config.pooler
+    assert ours.config.head == "pretrain" and ours.config.pooler
     ids, types, mask = _batch()
+    labels = torch.where(torch.rand(ids.shape) < 0.3, ids, -100)
+    nsp = torch.arange(ids.shape[0]) % 2
     with torch.no_grad():
-        want = _hf_out(hf, ids, types, mask)[mask.bool()]
-        got = ours(ids, mask, token_type_ids=types).logits[mask.bool()]
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+        want = hf(
+            input_ids=ids,
+            token_type_ids=types,
+            attention_mask=mask,
+            labels=labels,
+            next_sentence_label=nsp,
+        )
+        got = ours(ids, mask, token_type_ids=types, labels=labels, next_sentence_label=nsp)
+    real = mask.bool()
+    torch.testing.assert_close(got.logits[real], want.prediction_logits[real], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.nsp_logits, want.seq_relationship_logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-4, rtol=0)
+    save_hf(ours, tmp_path / "again")
+    again = BertForPreTraining.from_pretrained(tmp_path / "again").eval()
+    with torch.no_grad():
+        back = again(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    assert torch.equal(
+        back.prediction_logits,
+        hf(input_ids=ids, token_type_ids=types, attention_mask=mask).prediction_logits,
+    )
 
 
 @pytest.fixture(scope="module")

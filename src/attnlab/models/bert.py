@@ -1,9 +1,9 @@
 """BERT (Devlin et al. 2019): a bidirectional post-norm encoder with token types and a pooler.
 
 Heads (all on one :class:`BERT`): masked-LM logits over the vocabulary (``mlm``), next-sentence
-logits from the pooled [CLS] vector (``nsp``), ``classify`` (sequence classification from the
-pooled vector) and ``token`` (per-token classification); :meth:`BERT.embed` gives mean-pooled
-sentence embeddings (sentence-transformers' MiniLM).
+logits from the pooled [CLS] vector (``nsp``), both for pre-training (``pretrain``), ``classify``
+(sequence classification from the pooled vector) and ``token`` (per-token classification);
+:meth:`BERT.embed` gives mean-pooled sentence embeddings (sentence-transformers' MiniLM).
 
 Shapes: B batch, T tokens, C width, V vocabulary, L labels.
 """
@@ -29,7 +29,7 @@ from attnlab.models.output import (
 )
 from attnlab.position import LearnedPositionalEmbedding
 
-HEADS = ("none", "mlm", "nsp", "classify", "token")
+HEADS = ("none", "mlm", "nsp", "pretrain", "classify", "token")
 
 
 @dataclass
@@ -49,7 +49,7 @@ class BertConfig:
     backend: str = "auto"  # attention backend name
 
     def __post_init__(self) -> None:
-        if self.head in ("nsp", "classify") and not self.pooler:
+        if self.head in ("nsp", "pretrain", "classify") and not self.pooler:
             raise ValueError(
                 f"pooler: the {self.head!r} head reads the pooled vector; expected pooler=True"
             )
@@ -91,11 +91,11 @@ class BERT(nn.Module):
             for _ in range(c.n_layer)
         )
         self.pooler = nn.Linear(c.dim, c.dim) if c.pooler else None
-        if c.head == "mlm":  # transform, then a decoder tied to the token embedding
+        if c.head in ("mlm", "pretrain"):  # transform, then a decoder tied to the embedding
             self.mlm_dense = nn.Linear(c.dim, c.dim)
             self.mlm_norm = make_norm("layernorm", c.dim, eps=c.norm_eps)
             self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))
-        elif c.head == "nsp":
+        if c.head in ("nsp", "pretrain"):
             self.classifier = nn.Linear(c.dim, 2)
         elif c.head in ("classify", "token"):
             self.classifier = nn.Linear(c.dim, c.num_labels)
@@ -155,6 +155,7 @@ class BERT(nn.Module):
         *,
         token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
+        next_sentence_label: Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> ModelOutput:
@@ -165,6 +166,9 @@ class BERT(nn.Module):
             token_type_ids: (B, T) segment ids (0 for sentence A, 1 for B); default all 0.
             labels: for the loss: token ids (B, T) with -100 where nothing is predicted (mlm),
                 classes (B,) (nsp, classify) or (B, T) with -100 ignored (token).
+            next_sentence_label: (B,) 0 = B follows A, 1 = B is random (head "pretrain", whose
+                loss is the masked-LM loss plus the next-sentence loss; ``.logits`` are the
+                masked-LM logits and ``.nsp_logits`` the next-sentence ones).
         """
         stack = self._encode(
             input_ids,
@@ -175,9 +179,12 @@ class BERT(nn.Module):
         )
         hidden = stack.x
         head = self.config.head
-        if head == "mlm":
+        nsp_logits = None
+        if head in ("mlm", "pretrain"):
             h = self.mlm_norm(nn.functional.gelu(self.mlm_dense(hidden)))
             logits = h @ self.tok.weight.t() + self.mlm_bias  # (B, T, V), tied decoder
+            if head == "pretrain":
+                nsp_logits = self.classifier(self.pool(hidden))  # (B, 2)
         elif head in ("nsp", "classify"):
             logits = self.classifier(self.drop(self.pool(hidden)))  # (B, 2) or (B, L)
         elif head == "token":
@@ -189,11 +196,19 @@ class BERT(nn.Module):
             if head == "none":
                 raise ValueError("labels: the model has no head (head='none') to compute a loss")
             loss = classification_loss(logits, labels)
+        if next_sentence_label is not None:
+            if nsp_logits is None:
+                raise ValueError(
+                    f"next_sentence_label: expected head='pretrain', got head={head!r}"
+                )
+            nsp_loss = classification_loss(nsp_logits, next_sentence_label)
+            loss = nsp_loss if loss is None else loss + nsp_loss
         return ModelOutput(
             logits,
             hidden_states=(*stack.hidden_states, hidden) if output_hidden_states else None,
             attentions=stack.attentions,
             loss=loss,
+            nsp_logits=nsp_logits,
         )
 
 

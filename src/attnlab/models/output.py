@@ -25,6 +25,7 @@ class ModelOutput:
     attentions: with ``output_attentions``: each block's self-attention weights (B, H, T, S).
     cross_attentions: encoder-decoder only: each decoder block's weights over the source.
     encoder_attentions: encoder-decoder only: each encoder block's self-attention weights.
+    nsp_logits: BERT pre-training only: next-sentence logits (B, 2).
     loss: when labels were given.
     """
 
@@ -34,6 +35,7 @@ class ModelOutput:
     loss: Tensor | None = None
     cross_attentions: tuple[Tensor, ...] | None = None
     encoder_attentions: tuple[Tensor, ...] | None = None
+    nsp_logits: Tensor | None = None
 
 
 @dataclass

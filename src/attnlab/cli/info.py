@@ -34,9 +34,7 @@ def load_model(source: str) -> nn.Module:
 
 @click.command()
 @click.argument("source")
-@click.option(
-    "--context", type=click.IntRange(min=1), default=None, help="T for attention FLOPs."
-)
+@click.option("--context", type=click.IntRange(min=1), default=None, help="T for attention FLOPs.")
 def info(source: str, context: int | None) -> None:
     """Parameters, FLOPs per token and KV-cache size of SOURCE: a model preset (e.g. gpt2,
     llama-small, bert-base, transformer-base, vit-tiny), a Hugging Face checkpoint directory

@@ -32,11 +32,15 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from attnlab.cli import backends, bench, info
+    from attnlab.cli import backends, bench, convert, evaluate, info, sample, train
 
     cli.add_command(backends.backends)
     cli.add_command(bench.bench)
     cli.add_command(info.info)
+    cli.add_command(train.train)
+    cli.add_command(sample.sample)
+    cli.add_command(evaluate.evaluate)
+    cli.add_command(convert.convert)
 
 
 _register()

@@ -16,27 +16,39 @@ from attnlab.models.gpt import GPT, GPTConfig, lm_loss
 from attnlab.models.output import ModelOutput, set_backend
 from attnlab.models.vit import ViT, ViTConfig
 
-# Preset tables and the model class each builds.
+# Preset tables, the model class each builds and its config class.
 FAMILIES = (
-    (gpt.PRESETS, GPT),
-    (bert.PRESETS, BERT),
-    (encoder_decoder.PRESETS, EncoderDecoder),
-    (vit.PRESETS, ViT),
+    (gpt.PRESETS, GPT, GPTConfig),
+    (bert.PRESETS, BERT, BertConfig),
+    (encoder_decoder.PRESETS, EncoderDecoder, TransformerConfig),
+    (vit.PRESETS, ViT, ViTConfig),
 )
 
 
 def preset_names() -> list[str]:
     """Every model preset of every family."""
-    return [name for table, _ in FAMILIES for name in table]
+    return [name for table, _, _ in FAMILIES for name in table]
+
+
+def config_class(name: str) -> type:
+    """The config dataclass of model preset ``name``."""
+    for table, _, config_cls in FAMILIES:
+        if name in table:
+            return config_cls
+    raise _unknown(name)
 
 
 def from_preset(name: str, **overrides) -> nn.Module:
     """The model of any family built from preset ``name`` with config fields overridden."""
-    for table, model_cls in FAMILIES:
+    for table, model_cls, _ in FAMILIES:
         if name in table:
             return model_cls.from_preset(name, **overrides)
+    raise _unknown(name)
+
+
+def _unknown(name: str) -> ValueError:
     names = preset_names()
-    raise ValueError(
+    return ValueError(
         f"preset: unknown model preset {name!r}{presets.closest(name, names)}; "
         f"expected one of {', '.join(names)}"
     )
@@ -53,6 +65,7 @@ __all__ = [
     "TransformerConfig",
     "ViT",
     "ViTConfig",
+    "config_class",
     "from_preset",
     "lm_loss",
     "preset_names",

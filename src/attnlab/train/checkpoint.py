@@ -1,0 +1,216 @@
+"""Training checkpoints that resume exactly and are never seen half-written.
+
+A checkpoint is a directory ``<run>/checkpoints/step-NNNNNNN`` holding
+
+* ``model.safetensors``: the weights (tied weights stored once),
+* ``state.pt``: optimiser state, step, schedule, RNG states and the data position (plain tensors
+  and numbers only, read back with ``weights_only=True``),
+* ``meta.json``: the model family and config, the training config and the metrics so far.
+
+It is first written under a hidden temporary name and renamed into place in one step, so a
+crash or a full disk leaves either the complete checkpoint or none (the leftover temporary
+directory is ignored and removed by the next save). ``best.json`` names the checkpoint with the
+best validation metric; it is never deleted by the keep-last rotation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model as read_weights_into
+from safetensors.torch import save_model
+from torch import nn
+
+from attnlab.files import atomic_write_text
+
+PREFIX = "step-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read; the message names the path."""
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
+
+
+def latest(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def best(run_dir: Path) -> Path | None:
+    pointer = checkpoint_dir(run_dir) / "best.json"
+    if not pointer.is_file():
+        return None
+    path = checkpoint_dir(run_dir) / json.loads(pointer.read_text())["name"]
+    return path if path.is_dir() else None
+
+
+def model_meta(model: nn.Module) -> dict[str, Any]:
+    """Enough to rebuild ``model``: its class name and config fields."""
+    return {"family": type(model).__name__, "config": dataclasses.asdict(model.config)}
+
+
+def save(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    state: dict[str, Any],
+    meta: dict[str, Any],
+    *,
+    keep_last: int = 2,
+    is_best: bool = False,
+) -> Path:
+    """Write checkpoint ``step`` atomically, update ``best.json``, drop old checkpoints."""
+    root = checkpoint_dir(run_dir)
+    final = root / f"{PREFIX}{step:07d}"
+    tmp = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):  # left by an interrupted save
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        save_model(_unwrap(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        torch.save(state, tmp / "state.pt")
+        meta = {**meta, "step": step, **model_meta(_unwrap(model))}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        tmp = None
+        if is_best:
+            atomic_write_text(root / "best.json", json.dumps({"name": final.name}) + "\n")
+    except OSError as exc:
+        raise CheckpointError(
+            f"checkpoint: cannot write {final} ({exc.strerror or exc}); earlier checkpoints "
+            "are unchanged"
+        ) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    keep = {p.name for p in list_checkpoints(run_dir)[-keep_last:]} if keep_last else set()
+    keep.add(final.name)
+    best_path = best(run_dir)
+    if best_path is not None:
+        keep.add(best_path.name)
+    for path in list_checkpoints(run_dir):
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    file = Path(path) / "meta.json"
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint: {path} is not an attnlab checkpoint (no meta.json)")
+    return json.loads(file.read_text())
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """The optimiser/RNG/data state of a checkpoint (no pickled code is run)."""
+    try:
+        return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint: cannot read {Path(path) / 'state.pt'} ({exc})"
+        ) from None
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Fill ``model`` from a checkpoint's weights; CheckpointError naming what does not fit."""
+    meta = read_meta(path)
+    ours = model_meta(_unwrap(model))
+    if meta.get("family") != ours["family"] or meta.get("config") != ours["config"]:
+        diff = _config_diff(meta.get("config", {}), ours["config"])
+        raise CheckpointError(
+            f"checkpoint: {path} holds a {meta.get('family')} model that does not match this "
+            f"run's {ours['family']} ({diff})"
+        )
+    try:
+        missing, unexpected = read_weights_into(
+            _unwrap(model), str(Path(path) / "model.safetensors")
+        )
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint: cannot read {path}/model.safetensors ({exc})") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint: {path}/model.safetensors: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+
+
+def _config_diff(theirs: dict, ours: dict) -> str:
+    keys = sorted(set(theirs) | set(ours))
+    diffs = [
+        f"{k}: {theirs.get(k)!r} vs {ours.get(k)!r}" for k in keys if theirs.get(k) != ours.get(k)
+    ]
+    return "; ".join(diffs[:4]) or "different family"
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)  # torch.compile wraps the module
+
+
+def _fsync_dir(path: Path) -> None:
+    for file in path.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def resolve(path: str | os.PathLike, which: str = "best") -> Path:
+    """A checkpoint directory from a run directory (its ``which`` checkpoint: "best" or
+    "latest") or from a checkpoint directory itself."""
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"checkpoint: {path} does not exist")
+    found = best(path) if which == "best" else None
+    found = found or latest(path)
+    if found is None:
+        raise CheckpointError(
+            f"checkpoint: {path} is neither a checkpoint nor a run directory with checkpoints"
+        )
+    return found
+
+
+def load_model(path: str | os.PathLike) -> nn.Module:
+    """The model stored in an attnlab checkpoint (or a run directory's best one), in eval mode."""
+    from attnlab import models
+
+    path = resolve(path)
+    meta = read_meta(path)
+    families = {model_cls.__name__: (model_cls, cfg) for _, model_cls, cfg in models.FAMILIES}
+    if meta.get("family") not in families:
+        raise CheckpointError(
+            f"checkpoint: {path} holds an unknown model family {meta.get('family')!r}"
+        )
+    model_cls, config_cls = families[meta["family"]]
+    model = model_cls(config_cls(**meta["config"]))
+    load_weights(model, path)
+    return model.eval()
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run directory a checkpoint directory belongs to."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == "checkpoints" else path

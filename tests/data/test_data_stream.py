@@ -146,6 +146,9 @@ def test_iter_eval_is_deterministic_and_non_overlapping(chars, tmp_path):
     for x, y in batches:
         assert torch.equal(x[:, 1:], y[:, :-1])
     assert len(list(stream.iter_eval("val", 3, 10, max_batches=2))) == 2
+    # A partial evaluation spreads its windows over the whole split: first and last included.
+    spread = torch.cat([x for x, _ in stream.iter_eval("val", 3, 10, max_batches=2)])
+    assert torch.equal(spread[0], windows[0]) and torch.equal(spread[-1], windows[-1])
     again = list(stream.iter_eval("val", 3, 10))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
 

@@ -29,7 +29,9 @@ def convert(source, destination) -> None:
         from attnlab.convert import save_hf
 
         save_hf(model, dst)
-        if tokenizer is not None and hasattr(tokenizer, "backend"):
+        if tokenizer is not None:
+            if not hasattr(tokenizer, "backend"):  # a character vocabulary
+                tokenizer = tokenizer.to_tokenizer()
             tokenizer.save(dst)
         click.echo(f"wrote Hugging Face checkpoint {dst}")
         return

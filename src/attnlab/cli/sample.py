@@ -31,7 +31,9 @@ def load_with_tokenizer(source: str):
     if (path / "config.json").is_file():
         from attnlab.convert import load_hf
 
-        return load_hf(path), tokenizers.load(path)
+        names = ("tokenizer.json", "vocab.txt", "vocab.json")
+        has_tokenizer = any((path / name).is_file() for name in names)
+        return load_hf(path), tokenizers.load(path) if has_tokenizer else None
     if not path.exists():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
     raise ValueError(

@@ -104,6 +104,21 @@ class CharTokenizer:
             out.append(self.chars[int(i)])
         return "".join(out)
 
+    def to_tokenizer(self):
+        """The same vocabulary as an :class:`attnlab.tokenizers.Tokenizer` (a ``tokenizers``
+        word-level model over single characters), which saves as a ``tokenizer.json`` that
+        transformers' ``AutoTokenizer`` reads; ids are identical."""
+        from tokenizers import Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as Backend
+
+        from attnlab.tokenizers import Tokenizer
+
+        vocab = {c: i for i, c in enumerate(self.chars)}
+        backend = Backend(models.WordLevel(vocab, unk_token=None))
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        backend.decoder = decoders.Fuse()
+        return Tokenizer(backend)
+
     def fingerprint(self) -> str:
         """A short hash of the vocabulary: equal vocabularies, equal fingerprints."""
         return hashlib.sha256(self._json().encode("utf-8", "surrogatepass")).hexdigest()[:16]

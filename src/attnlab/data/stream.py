@@ -210,17 +210,19 @@ class TokenStream:
     def iter_eval(
         self, split: str, batch_size: int, block_size: int, max_batches: int | None = None
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Deterministic evaluation batches: consecutive, non-overlapping windows from the start of
-        ``split`` (offsets 0, T, 2T, ...), ``batch_size`` per batch (the last one may be
-        smaller), at most ``max_batches`` batches (None: all). Yields ``x, y`` (B, T) as
-        :meth:`batch` does."""
+        """Deterministic evaluation batches of non-overlapping windows of ``split``,
+        ``batch_size`` per batch (the last one may be smaller). Without ``max_batches`` every
+        window from the start (offsets 0, T, 2T, ...); with it, ``max_batches * batch_size``
+        windows spread evenly over the whole split, so a partial evaluation samples all of it
+        rather than its first pages. Yields ``x, y`` (B, T) as :meth:`batch` does."""
         data = self._windows(split, block_size, batch_size)  # checked now, not at first next()
         if max_batches is not None and (isinstance(max_batches, bool) or max_batches < 1):
             raise ValueError(f"max_batches: expected a positive int or None, got {max_batches!r}")
         offsets = np.arange(0, len(data) - block_size, block_size)
+        if max_batches is not None and len(offsets) > max_batches * batch_size:
+            picks = np.linspace(0, len(offsets) - 1, max_batches * batch_size)
+            offsets = offsets[np.round(picks).astype(np.int64)]
         starts = range(0, len(offsets), batch_size)
-        if max_batches is not None:
-            starts = starts[:max_batches]
         return (self._gather(data, offsets[s : s + batch_size], block_size) for s in starts)
 
     @staticmethod

@@ -55,7 +55,8 @@ class TrainConfig:
     seed: int = 1337  # initialisation, data order and dropout
     # evaluation, checkpoints, logging
     eval_every: int = 250  # steps between evaluations (and checkpoints)
-    eval_batches: int = 20  # batches per evaluation
+    eval_batches: int = 20  # batches per evaluation (0 = the whole validation set)
+    eval_batch_size: int = 0  # sequences per evaluation batch (0 = batch_size)
     keep_last: int = 2  # checkpoints kept besides the best
     log_every: int = 10  # steps between metric lines
     out_dir: str = "runs/default"  # where checkpoints, metrics and plots go
@@ -73,7 +74,14 @@ class TrainConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value}")
-        for name in ("warmup_steps", "eval_batches", "keep_last", "threads", "sample_length"):
+        for name in (
+            "warmup_steps",
+            "eval_batches",
+            "eval_batch_size",
+            "keep_last",
+            "threads",
+            "sample_length",
+        ):
             value = getattr(self, name)
             if value < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {value}")
@@ -94,21 +102,31 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Character-level Shakespeare; nanoGPT's CPU recipe is n_layer=4, n_head=4, n_embd=128,
-    # block 64, batch 12, lr 1e-3, 2000 iterations.
+    # Character-level Shakespeare: nanoGPT's CPU model (4 layers, 4 heads, 128 wide, block 64,
+    # batch 12, no biases or dropout) with a 3x higher learning rate over a 1200-step cosine
+    # schedule, which reaches validation loss 1.89 in ~0.6x the time of nanoGPT's own recipe
+    # (lr 1e-3 over 2000 steps; see benchmarks/train.py).
     "shakespeare-char": {
         "task": "lm",
         "model": "gpt2",
-        "model_overrides": {"n_layer": 4, "n_head": 4, "dim": 128, "max_len": 64, "dropout": 0.0},
+        "model_overrides": {
+            "n_layer": 4,
+            "n_head": 4,
+            "dim": 128,
+            "max_len": 64,
+            "dropout": 0.0,
+            "bias": False,
+            "mlp": "gelu",
+        },
         "corpus": "shakespeare",
         "tokenizer": "char",
         "batch_size": 12,
         "block_size": 64,
-        "max_steps": 2000,
-        "lr": 1e-3,
-        "min_lr": 1e-4,
-        "warmup_steps": 100,
-        "eval_every": 250,
+        "max_steps": 1200,
+        "lr": 3e-3,
+        "min_lr": 3e-4,
+        "warmup_steps": 50,
+        "eval_every": 200,
         "out_dir": "runs/shakespeare-char",
     },
     # Byte-level BPE trained on the same text.

@@ -218,7 +218,8 @@ class LMTask(Task):
     def evaluate(self, model, device):
         c = self.config
         total, count = 0.0, 0
-        batches = self.stream.iter_eval("val", c.batch_size, c.block_size, c.eval_batches or None)
+        size = c.eval_batch_size or c.batch_size
+        batches = self.stream.iter_eval("val", size, c.block_size, c.eval_batches or None)
         for x, y in batches:
             loss = self.loss(model, {"x": x.to(device), "y": y.to(device)})
             total += loss.item() * y.numel()
@@ -413,7 +414,170 @@ class VitTask(Task):
         self.sampler.load_state(state["sampler"])
 
 
-TASKS = {"lm": LMTask, "classify": ClassifyTask, "vit": VitTask}
+# -- BERT pre-training ---------------------------------------------------------------------------
+
+
+class MLMTask(Task):
+    """Masked-LM (15 %, 80/10/10) plus next-sentence prediction on a corpus's documents."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        from attnlab.data.corpus import load_text
+        from attnlab.data.mlm import MLMData
+
+        text = load_text(config.corpus)
+        documents = [d for d in text.split("\n\n") if d.strip()]
+        n_val = max(1, int(len(documents) * config.val_fraction)) if len(documents) > 1 else 0
+        tokenizer = make_tokenizer(config, text)
+        train_docs = documents[: len(documents) - n_val]
+        val_docs = documents[len(documents) - n_val :] or train_docs
+        head = "pretrain" if len(train_docs) > 1 else "mlm"
+        self.train_data = MLMData(train_docs, tokenizer, config.block_size, nsp=head == "pretrain")
+        self.val_data = MLMData(
+            val_docs if len(val_docs) > 1 else train_docs,
+            tokenizer,
+            config.block_size,
+            nsp=head == "pretrain",
+        )
+        model = build_model(
+            config, vocab_size=tokenizer.vocab_size, max_len=config.block_size, head=head
+        )
+        super().__init__(config, model)
+        self.tokenizer = tokenizer
+
+    def train_batch(self, generator):
+        return self.train_data.batch(self.config.batch_size, generator)
+
+    def tokens(self, batch):
+        return int(batch["attention_mask"].sum())
+
+    def evaluate(self, model, device):
+        # The same validation batches every time: a fixed generator seed.
+        g = torch.Generator().manual_seed(0)
+        mlm_loss = nsp_right = nsp_seen = 0.0
+        n = max(1, self.config.eval_batches)
+        for _ in range(n):
+            batch = {
+                k: v.to(device) for k, v in self.val_data.batch(self.config.batch_size, g).items()
+            }
+            nsp = batch.pop("next_sentence_label", None)
+            out = model(**batch)
+            mlm_loss += out.loss.item()
+            if nsp is not None:
+                right, seen = _accuracy(out.nsp_logits, nsp)
+                nsp_right, nsp_seen = nsp_right + right, nsp_seen + seen
+        metrics = {"val_loss": mlm_loss / n, "val_ppl": math.exp(min(mlm_loss / n, 50.0))}
+        if nsp_seen:
+            metrics["nsp_accuracy"] = nsp_right / nsp_seen
+        return metrics
+
+
+# -- translation ---------------------------------------------------------------------------------
+
+
+class TranslateTask(Task):
+    """Sequence to sequence on sentence pairs (Chichewa -> English Bible verses by default,
+    or a TSV file named by ``dataset``), scored by loss and corpus BLEU of greedy decoding."""
+
+    metric, higher_is_better = "bleu", True
+    SPECIALS = ("<pad>", "<s>", "</s>")
+
+    def __init__(self, config: TrainConfig) -> None:
+        from attnlab.data.bpe import train_bpe
+        from attnlab.data.pairs import SentencePairs
+
+        if config.dataset in ("bbc-news", "chichewa-english"):
+            pairs = SentencePairs.chichewa_english()
+        else:
+            pairs = SentencePairs.from_tsv(config.dataset)
+        self.train_set, self.test_set = pairs.split(config.val_fraction or 0.02, seed=0)
+        if config.tokenizer == "bpe":
+            text = "\n".join(self.train_set.sources + self.train_set.targets)
+            tokenizer = train_bpe(text, config.vocab_size, special_tokens=self.SPECIALS)
+        else:
+            tokenizer = make_tokenizer(config, None)
+        ids = {t: tokenizer.token_to_id(t) for t in self.SPECIALS}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"tokenizer: expected the special tokens {missing} for translation")
+        self.pad_id, self.bos_id, self.eos_id = (ids[t] for t in self.SPECIALS)
+        model = build_model(
+            config,
+            vocab_size=tokenizer.vocab_size,
+            max_len=config.block_size + 1,
+            pad_id=self.pad_id,
+            bos_id=self.bos_id,
+            eos_id=self.eos_id,
+        )
+        super().__init__(config, model)
+        self.tokenizer = tokenizer
+        self.sampler = EpochSampler(len(self.train_set), config.seed)
+
+    def _pad(self, rows: list[list[int]], value: int) -> Tensor:
+        t = max(len(r) for r in rows)
+        out = torch.full((len(rows), t), value, dtype=torch.long)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return out
+
+    def _encode(self, sources: list[str], targets: list[str]) -> dict[str, Tensor]:
+        t = self.config.block_size
+        src = [
+            self.tokenizer.encode(s, add_special_tokens=False)[:t] or [self.eos_id] for s in sources
+        ]
+        tgt = [
+            [*self.tokenizer.encode(s, add_special_tokens=False)[: t - 1], self.eos_id]
+            for s in targets
+        ]
+        return {
+            "input_ids": self._pad(src, self.pad_id),
+            "attention_mask": self._pad([[1] * len(r) for r in src], 0),
+            "labels": self._pad(tgt, -100),
+        }
+
+    def train_batch(self, generator):
+        index = self.sampler.take(self.config.batch_size).tolist()
+        pairs = [self.train_set[i] for i in index]
+        return self._encode([p[0] for p in pairs], [p[1] for p in pairs])
+
+    def tokens(self, batch):
+        return int(batch["attention_mask"].sum() + (batch["labels"] != -100).sum())
+
+    def evaluate(self, model, device):
+        import sacrebleu
+
+        c = self.config
+        n = len(self.test_set)
+        if c.eval_batches:
+            n = min(n, c.eval_batches * c.batch_size)
+        loss_sum, hypotheses, references = 0.0, [], []
+        for start in range(0, n, c.batch_size):
+            pairs = [self.test_set[i] for i in range(start, min(n, start + c.batch_size))]
+            batch = self._encode([p[0] for p in pairs], [p[1] for p in pairs])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss_sum += model(**batch).loss.item() * len(pairs)
+            out = model.generate(batch["input_ids"], batch["attention_mask"], c.block_size)
+            for row in out.tolist():
+                row = row[: row.index(self.eos_id)] if self.eos_id in row else row
+                hypotheses.append(self.tokenizer.decode(row))
+            references.extend(p[1] for p in pairs)
+        bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
+        self.examples = list(zip(hypotheses[:3], references[:3], strict=True))
+        return {"val_loss": loss_sum / n, "bleu": bleu}
+
+    def state(self):
+        return {"sampler": self.sampler.state()}
+
+    def load_state(self, state):
+        self.sampler.load_state(state["sampler"])
+
+
+TASKS = {
+    "lm": LMTask,
+    "mlm": MLMTask,
+    "classify": ClassifyTask,
+    "translate": TranslateTask,
+    "vit": VitTask,
+}
 
 
 def make_task(config: TrainConfig) -> Task:

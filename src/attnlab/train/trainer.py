@@ -208,20 +208,26 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def _evaluate_and_save(self) -> None:
+        began = time.perf_counter()
         metrics = self.evaluate()
         self.last_metrics = metrics
         better = self._is_better(metrics)
         if better:
             self.best = {**metrics, "step": self.step}
-        self.history.append({"step": self.step, **metrics})
-        self._log({"step": self.step, "split": "val", **metrics})
+        times = {
+            "elapsed_s": began - self._start,
+            "train_s": began - self._start - self.overhead_s,  # without evaluation and saving
+        }
+        self.history.append({"step": self.step, **metrics, **times})
+        self._log({"step": self.step, "split": "val", **metrics, **times})
         self.save(is_best=better)
         plot_losses(self.run_dir)
+        self.overhead_s += time.perf_counter() - began
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         self._write(f"step {self.step}: {shown}")
 
     def _write(self, text: str) -> None:
-        if self._bar is not None:
+        if self._bar is not None and not self._bar.disable:
             self._bar.write(text)
         else:
             self.echo(text)
@@ -252,7 +258,8 @@ class Trainer:
         c = self.config
         self._bar = None
         self._prepare_run_dir(resume)
-        start = time.perf_counter()
+        start = self._start = time.perf_counter()
+        self.overhead_s = 0.0
         budget_fitted = resume and self.total != c.max_steps
         try:
             from tqdm.auto import tqdm
@@ -293,6 +300,7 @@ class Trainer:
                     self._bar.update(1)
                     if self.step % c.eval_every == 0 and self.step < self.total:
                         self._evaluate_and_save()
+                        window_tokens, window_start = 0, time.perf_counter()
                     if c.time_budget and now - start > c.time_budget:
                         self._write(f"time budget of {c.time_budget:g} s reached")
                         break

@@ -98,6 +98,9 @@ def config_to_hf(c: GPTConfig) -> dict:
         "embd_pdrop": c.dropout,
         "attn_pdrop": c.dropout,
         "tie_word_embeddings": c.tie_embeddings,
+        # GPT-2's <|endoftext|> (50256) only exists in its own vocabulary.
+        "bos_token_id": 50256 if c.vocab_size > 50256 else None,
+        "eos_token_id": 50256 if c.vocab_size > 50256 else None,
     }
 
 

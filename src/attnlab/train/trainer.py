@@ -45,8 +45,11 @@ class RunResult:
 
 def lr_at(step: int, config: TrainConfig, total: int) -> float:
     """Learning rate of optimiser step ``step`` (0-based): linear warm-up to ``lr`` over
-    ``warmup_steps``, then cosine decay to ``min_lr`` at step ``total``."""
+    ``warmup_steps`` (at most a fifth of a schedule shortened to fit a time budget), then
+    cosine decay to ``min_lr`` at step ``total``."""
     warmup = min(config.warmup_steps, total)
+    if total < config.max_steps:  # the schedule was shortened to fit a time budget
+        warmup = min(warmup, max(1, total // 5))
     if step < warmup:
         return config.lr * (step + 1) / (warmup + 1)
     if step >= total:

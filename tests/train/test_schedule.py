@@ -1,0 +1,55 @@
+"""The learning-rate schedule and the optimiser's parameter groups."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from attnlab.models import GPT, GPTConfig
+from attnlab.train.config import TrainConfig, apply_overrides
+from attnlab.train.trainer import lr_at, make_optimizer, resolve_device
+
+
+def test_warmup_then_cosine_to_min_lr():
+    c = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
+    lrs = [lr_at(s, c, 110) for s in range(120)]
+    assert all(a < b for a, b in itertools.pairwise(lrs[:11]))  # rising
+    assert math.isclose(lrs[10], 1e-3)  # the peak right after warm-up
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))  # decaying
+    assert math.isclose(lrs[60], 0.5 * (1e-3 + 1e-4))  # half-way down the cosine
+    assert lrs[110] == lrs[119] == 1e-4
+
+
+def test_schedule_fitted_to_a_budget_keeps_a_short_warmup():
+    c = TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=400, max_steps=4000)
+    lrs = [lr_at(s, c, 100) for s in range(100)]  # only 100 steps fit the budget
+    assert max(lrs) == lrs[20] == 1e-3  # warm-up cut to a fifth of the schedule
+    assert lrs[99] < 1e-4
+
+
+def test_decay_only_on_matrices():
+    model = GPT(GPTConfig(vocab_size=11, max_len=8, n_layer=1, n_head=2, dim=8))
+    opt = make_optimizer(model, TrainConfig(weight_decay=0.1), resolve_device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert all(p.dim() < 2 for p in no_decay["params"])
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())  # each (tied) parameter once
+
+
+def test_config_checks_values():
+    with pytest.raises(ValueError, match="lr, min_lr: expected 0 <= min_lr <= lr"):
+        TrainConfig(lr=1e-4, min_lr=1e-3)
+    with pytest.raises(ValueError, match=r"task: expected one of .* got 'lmm' \(did you mean"):
+        TrainConfig(task="lmm")
+    with pytest.raises(ValueError, match="override: expected key=value, got 'lr'"):
+        apply_overrides(TrainConfig(), ["lr"])
+    with pytest.raises(ValueError, match="compile: expected a boolean"):
+        apply_overrides(TrainConfig(), ["compile=maybe"])
+    c = apply_overrides(TrainConfig(), ["time_budget=none", "dropout=0.2", "compile=yes"])
+    assert c.time_budget is None and c.dropout == 0.2 and c.compile is True
+    with pytest.raises(ValueError, match="device: expected auto, cpu or cuda"):
+        resolve_device("tpu")

@@ -8,21 +8,11 @@ import shutil
 
 import pytest
 import torch
+from convert_helpers import randomize as _randomize
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from attnlab.convert import load_hf, save_hf
-
-
-def _randomize(hf):
-    """Every parameter random (norm weights around 1): with transformers' small initial
-    weights a swapped query and key would change the outputs too little to notice."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            base = 1.0 if name.lower().endswith("norm.weight") else 0.0
-            p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
-    return hf.eval()
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])

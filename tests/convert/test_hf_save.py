@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 import transformers
+from convert_helpers import randomize as _randomize
 
 import attnlab.convert.hf as hf_module
 from attnlab.convert import load_hf, save_hf
@@ -39,17 +40,6 @@ ARCHS = {
     "token": "BertForTokenClassification",
     "none": "BertModel",
 }
-
-
-def _randomize(model, seed=0):
-    """Every parameter random (norm weights around 1), so that a swapped or dropped tensor
-    cannot hide behind an initial value of 0 or 1."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            base = 1.0 if name.endswith("norm.weight") else 0.0
-            p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def _gpt(name):

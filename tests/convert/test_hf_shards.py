@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from convert_helpers import randomize as _randomize
 from transformers import (
     BertConfig,
     BertForMaskedLM,
@@ -48,21 +49,6 @@ def _tiny(kind):
         max_position_embeddings=32,
     )
     return BertForMaskedLM(config)
-
-
-def _randomize(hf):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            base = (
-                1.0
-                if name.lower().endswith(
-                    ("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")
-                )
-                else 0
-            )
-            p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
-    return hf.eval()
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama", "bert"])

@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from convert_helpers import randomize as _randomize
 from safetensors.torch import load_file
 from transformers import ViTConfig as HFViTConfig
 from transformers import ViTForImageClassification
 
 from attnlab.convert import load_hf, save_hf
 from attnlab.models import ViT, ViTConfig
-
-
-def _randomize(hf):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            base = 1.0 if "layernorm" in name and name.endswith("weight") else 0.0
-            p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
-    return hf.eval()
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,9 @@ complete cache entry or one that is rebuilt.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import torch
 from torch import Tensor
 
 from attnlab.data.corpus import corpus_fingerprint, line_chunks
-from attnlab.files import atomic_write_text
+from attnlab.files import atomic_write, atomic_write_text
 
 __all__ = ["SPLITS", "TokenStream", "encode_corpus", "tokenizer_fingerprint"]
 
@@ -143,7 +141,7 @@ class TokenStream:
         n_train = int(len(ids) * (1.0 - float(val_fraction)))
         directory.mkdir(parents=True, exist_ok=True)
         for split, part in (("train", ids[:n_train]), ("val", ids[n_train:])):
-            _atomic_write_array(directory / f"{split}.bin", part.astype(dtype))
+            atomic_write(directory / f"{split}.bin", part.astype(dtype).tofile, binary=True)
         meta = {
             "format": FORMAT,
             "corpus": key_parts[1],
@@ -230,18 +228,3 @@ class TokenStream:
         index = offsets[:, None] + np.arange(block_size + 1)  # (B, T + 1)
         window = torch.from_numpy(np.asarray(data[index], dtype=np.int64))  # (B, T + 1)
         return window[:, :-1].contiguous(), window[:, 1:].contiguous()  # (B, T), (B, T)
-
-
-def _atomic_write_array(path: Path, array: np.ndarray) -> None:
-    """``array``'s raw bytes to ``path``: a temporary file in the same folder, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            array.tofile(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from attnlab.convert.maps.common import linear_keys as _linear
 from attnlab.models.bert import BERT, BertConfig
 
 NAME = "BERT"
@@ -24,11 +25,6 @@ ARCH_OF = {  # attnlab head -> the transformers class that carries it
 HEAD_OF = {arch: head for head, arch in ARCH_OF.items()}
 # Checkpoints other than BertModel keep the encoder under ``bert.``; heads sit beside it.
 ENCODER_PREFIX = "bert."
-
-
-def _linear(ours: str, theirs: str) -> dict[str, str]:
-    """Weight and bias of one module (Linear or LayerNorm)."""
-    return {f"{ours}.weight": f"{theirs}.weight", f"{ours}.bias": f"{theirs}.bias"}
 
 
 # attnlab name -> Hugging Face name within the encoder

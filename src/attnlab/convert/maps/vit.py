@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from attnlab.convert.maps.common import linear_keys as _linear
 from attnlab.models.vit import ViT, ViTConfig
 
 NAME = "ViT"
@@ -13,11 +14,6 @@ MODEL = ViT
 IGNORED_SUFFIXES = ()
 ARCH = "ViTForImageClassification"
 PREFIX = "vit."
-
-
-def _linear(ours: str, theirs: str) -> dict[str, str]:
-    """Weight and bias of one module (Linear, LayerNorm or Conv2d)."""
-    return {f"{ours}.weight": f"{theirs}.weight", f"{ours}.bias": f"{theirs}.bias"}
 
 
 # attnlab name -> Hugging Face name under ``vit.`` (cls and pos are reshaped, see below)

@@ -91,10 +91,21 @@ def run_time(args) -> dict:
         workdir = Path(tmp)
         recipe = time_to_loss(NANOGPT_RECIPE, args.eval_every, workdir, "nanogpt-recipe")
         ours = time_to_loss([], args.eval_every, workdir, "shakespeare-char")
-    ratio = None
-    if recipe["seconds_to_target"] and ours["seconds_to_target"]:
-        ratio = round(ours["seconds_to_target"] / recipe["seconds_to_target"], 3)
-    return {"recipe": recipe, "preset": ours, "ratio": ratio, "goal": "<= 0.7"}
+    ratio, against = None, None
+    if ours["seconds_to_target"]:
+        # A recipe that never reaches the target within its 2000 steps is charged its whole
+        # run: a lower bound on its time to the target, so the ratio errs in its favour.
+        against = recipe["seconds_to_target"] or recipe["train_seconds"]
+        ratio = round(ours["seconds_to_target"] / against, 3)
+    return {
+        "recipe": recipe,
+        "preset": ours,
+        "ratio": ratio,
+        "ratio_against": "recipe time to target"
+        if recipe["seconds_to_target"]
+        else "recipe's whole run (it did not reach the target)",
+        "goal": "<= 0.7",
+    }
 
 
 # -- throughput --------------------------------------------------------------------------------

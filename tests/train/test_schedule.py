@@ -6,6 +6,7 @@ import itertools
 import math
 
 import pytest
+import torch
 
 from attnlab.models import GPT, GPTConfig
 from attnlab.train.config import TrainConfig, apply_overrides
@@ -53,3 +54,28 @@ def test_config_checks_values():
     assert c.time_budget is None and c.dropout == 0.2 and c.compile is True
     with pytest.raises(ValueError, match="device: expected auto, cpu or cuda"):
         resolve_device("tpu")
+
+
+def test_gradient_accumulation_equals_one_large_batch(tiny_lm, tmp_path):
+    """Two micro-batches of 4 per step give the weights of one batch of 8 (the same windows,
+    drawn in the same order from the generator; equal-size micro-batch means averaged)."""
+    from attnlab.models import config_class
+    from attnlab.train.config import preset
+    from attnlab.train.tasks import make_task
+    from attnlab.train.trainer import Trainer
+
+    def run(name: str, *overrides: str):
+        config = apply_overrides(
+            preset("shakespeare-char"),
+            [*tiny_lm, "max_steps=4", "eval_every=100", "sample_length=0",
+             f"out_dir={tmp_path / name}", *overrides],
+            config_class("gpt2"),
+        )  # fmt: skip
+        trainer = Trainer(config, make_task(config), progress=False, echo=lambda *_: None)
+        trainer.fit()
+        return trainer.model.state_dict()
+
+    one = run("one", "batch_size=8")
+    two = run("two", "batch_size=4", "grad_accum=2")
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], atol=1e-5, rtol=0, msg=key)

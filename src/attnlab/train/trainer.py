@@ -225,9 +225,22 @@ class Trainer:
         self._log({"step": self.step, "split": "val", **metrics, **times})
         self.save(is_best=better)
         plot_losses(self.run_dir)
-        self.overhead_s += time.perf_counter() - began
+        self._last_eval_s = time.perf_counter() - began
+        self.overhead_s += self._last_eval_s
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         self._write(f"step {self.step}: {shown}")
+
+    def _fit_budget(self, elapsed: float, steps: int) -> None:
+        """Set the schedule's length so that training ends within the time budget, from the
+        time per step so far (evaluations and checkpoints included), keeping time for the
+        final evaluation."""
+        c = self.config
+        per_step = elapsed / steps
+        reserve = self._last_eval_s
+        fits = self.step + int((c.time_budget - elapsed - reserve) / per_step * 0.98)
+        self.total = max(self.step + 1, min(c.max_steps, fits))
+        self._bar.total = self.total
+        self._bar.refresh()
 
     def _write(self, text: str) -> None:
         if self._bar is not None and not self._bar.disable:
@@ -262,7 +275,7 @@ class Trainer:
         self._bar = None
         self._prepare_run_dir(resume)
         start = self._start = time.perf_counter()
-        self.overhead_s = 0.0
+        self.overhead_s = self._last_eval_s = 0.0
         budget_fitted = resume and self.total != c.max_steps
         try:
             from tqdm.auto import tqdm
@@ -281,12 +294,7 @@ class Trainer:
                     window_tokens += tokens
                     now = time.perf_counter()
                     if c.time_budget and not budget_fitted and self.step - fit_from == 10:
-                        # Fit the schedule to the budget from the measured step time.
-                        per_step = (now - start) / 10
-                        fits = self.step + int((c.time_budget - (now - start)) / per_step * 0.97)
-                        self.total = max(self.step + 1, min(c.max_steps, fits))
-                        self._bar.total = self.total
-                        budget_fitted = True
+                        self._fit_budget(now - start, self.step - fit_from)
                     if self.step % c.log_every == 0 or self.step == self.total:
                         rate = window_tokens / max(now - window_start, 1e-9)
                         record = {
@@ -304,6 +312,8 @@ class Trainer:
                     if self.step % c.eval_every == 0 and self.step < self.total:
                         self._evaluate_and_save()
                         window_tokens, window_start = 0, time.perf_counter()
+                        if c.time_budget and not budget_fitted:  # evaluations cost time too
+                            self._fit_budget(window_start - start, self.step - fit_from)
                     if c.time_budget and now - start > c.time_budget:
                         self._write(f"time budget of {c.time_budget:g} s reached")
                         break

@@ -28,7 +28,8 @@ class TrainConfig:
     init_from: str | None = None  # checkpoint (HF directory, GGUF, "minilm") to fine-tune
     # data
     corpus: str = "shakespeare"  # "shakespeare", "kjv", a text file or a folder (lm, mlm)
-    dataset: str = "bbc-news"  # classify: "bbc-news", "sentiment" or a folder/CSV
+    dataset: str = "bbc-news"  # classify: bbc-news, sentiment, a folder or CSV; translate:
+    # chichewa-english or a TSV file of sentence pairs
     tokenizer: str = "char"  # "char", "bpe" (trained on the corpus) or a tokenizer path
     vocab_size: int = 4096  # BPE vocabulary trained for tokenizer="bpe"
     val_fraction: float = 0.1  # share of the corpus held out (lm), or of examples (others)
@@ -187,6 +188,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "translate": {
         "task": "translate",
         "model": "transformer-base",
+        "dataset": "chichewa-english",
         "model_overrides": {
             "n_layer": 3,
             "n_head": 4,

@@ -195,9 +195,7 @@ class LMTask(Task):
         text = load_text(config.corpus)
         tokenizer = make_tokenizer(config, text)
         self.stream = TokenStream.build(text, tokenizer, config.cache_dir, config.val_fraction)
-        model = build_model(
-            config, vocab_size=tokenizer.vocab_size, max_len=max(config.block_size, 1)
-        )
+        model = build_model(config, vocab_size=tokenizer.vocab_size, max_len=config.block_size)
         super().__init__(config, model)
         self.tokenizer = tokenizer
         if len(self.stream.val) <= config.block_size:
@@ -256,8 +254,6 @@ class ClassifyTask(Task):
     metric, higher_is_better = "accuracy", True
 
     def __init__(self, config: TrainConfig) -> None:
-        from attnlab.data import classify
-
         data = _classification_data(config.dataset)
         train, test = data.split(config.val_fraction or 0.2, seed=0)
         self.train_set, self.test_set = train, test
@@ -267,7 +263,6 @@ class ClassifyTask(Task):
         super().__init__(config, model)
         self.tokenizer = tokenizer
         self.sampler = EpochSampler(len(train.texts), config.seed)
-        del classify
 
     def _encode(self, texts: list[str]) -> dict[str, Tensor]:
         ids, mask = self.tokenizer.encode_batch(texts)
@@ -396,7 +391,6 @@ class VitTask(Task):
         return int(batch["labels"].numel())
 
     def evaluate(self, model, device):
-        c = self.config
         right = seen = 0
         loss_sum = 0.0
         for start in range(0, len(self.test_y), 256):
@@ -405,7 +399,6 @@ class VitTask(Task):
             out = model(images, labels=labels)
             r, n = _accuracy(out.logits, labels)
             right, seen, loss_sum = right + r, seen + n, loss_sum + out.loss.item() * n
-        del c
         return {"val_loss": loss_sum / seen, "accuracy": right / seen}
 
     def state(self):
@@ -486,10 +479,15 @@ class TranslateTask(Task):
         from attnlab.data.bpe import train_bpe
         from attnlab.data.pairs import SentencePairs
 
-        if config.dataset in ("bbc-news", "chichewa-english"):
+        if config.dataset == "chichewa-english":
             pairs = SentencePairs.chichewa_english()
-        else:
+        elif Path(config.dataset).is_file():
             pairs = SentencePairs.from_tsv(config.dataset)
+        else:
+            raise ValueError(
+                "dataset: expected chichewa-english or a TSV file of sentence pairs, got "
+                f"{config.dataset!r}"
+            )
         self.train_set, self.test_set = pairs.split(config.val_fraction or 0.02, seed=0)
         if config.tokenizer == "bpe":
             text = "\n".join(self.train_set.sources + self.train_set.targets)

@@ -79,3 +79,29 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_lm, tmp_path):
     two = run("two", "batch_size=4", "grad_accum=2")
     for key in one:
         torch.testing.assert_close(one[key], two[key], atol=1e-5, rtol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tiny_lm, tmp_path):
+    """compile=true (torch.compile, Inductor on the CPU) trains to the same weights."""
+    from attnlab.models import config_class
+    from attnlab.train.config import preset
+    from attnlab.train.tasks import make_task
+    from attnlab.train.trainer import Trainer
+
+    def run(name: str, compiled: bool):
+        config = apply_overrides(
+            preset("shakespeare-char"),
+            [*tiny_lm, "max_steps=3", "eval_every=100", "sample_length=0",
+             f"compile={compiled}", f"out_dir={tmp_path / name}"],
+            config_class("gpt2"),
+        )  # fmt: skip
+        trainer = Trainer(config, make_task(config), progress=False, echo=lambda *_: None)
+        result = trainer.fit()
+        return trainer.model.state_dict(), result.metrics["val_loss"]
+
+    eager, eager_loss = run("eager", False)
+    compiled, compiled_loss = run("compiled", True)
+    assert abs(eager_loss - compiled_loss) < 1e-4
+    for key in eager:
+        torch.testing.assert_close(eager[key], compiled[key], atol=1e-4, rtol=1e-4, msg=key)

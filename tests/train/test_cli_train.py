@@ -87,6 +87,15 @@ def test_sample_eval_and_convert(lm_run, tmp_path):
     _one_line_error(invoke("convert", hf, back), "destination: expected a new or empty directory")
 
 
+def test_resume_takes_the_runs_saved_settings(lm_run):
+    """Only --out and a longer max_steps: the tiny model, corpus and cache come from the run."""
+    result = invoke("train", "--resume", "--out", lm_run, "max_steps=16", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "resumed from" in result.output and "step 16" in result.output
+    assert checkpoint.latest(lm_run).name == "step-0000016"
+    assert checkpoint.load_model(lm_run).config.dim == 32
+
+
 def test_bad_input_is_one_line_and_exit_2(tiny_lm, tmp_path):
     run = tmp_path / "run"
     base = ["train", "--preset", "shakespeare-char", *tiny_lm, "max_steps=4", "--out", run]

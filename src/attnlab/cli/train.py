@@ -3,6 +3,9 @@ overrides, a time budget and exact resume."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
 from attnlab.train.config import PRESETS
@@ -19,17 +22,25 @@ from attnlab.train.config import PRESETS
 @click.argument("overrides", nargs=-1)
 @click.option("--time-budget", type=float, default=None, help="Seconds of training at most.")
 @click.option("--out", "out_dir", default=None, help="Run directory (default runs/PRESET).")
-@click.option("--resume", is_flag=True, help="Continue the run in the run directory exactly.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in the run directory exactly, with its saved settings.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 def train(preset_name, overrides, time_budget, out_dir, resume, progress) -> None:
     """Train the model of a preset on its data; OVERRIDES are KEY=VALUE settings
     (lr=3e-3, max_steps=500, model.n_layer=6, device=cuda, ...)."""
     from attnlab.models import config_class
-    from attnlab.train.config import apply_overrides, preset
+    from attnlab.train.config import TrainConfig, apply_overrides, preset
     from attnlab.train.tasks import make_task
     from attnlab.train.trainer import Trainer
 
     config = preset(preset_name)
+    if resume:  # continue with the run's own settings; overrides still apply on top
+        saved = Path(out_dir or config.out_dir) / "config.json"
+        if saved.is_file():
+            config = TrainConfig(**json.loads(saved.read_text())["train"])
     extra = list(overrides)
     if time_budget is not None:
         extra.append(f"time_budget={time_budget}")

@@ -88,9 +88,9 @@ def save(
         for stale in root.glob(".tmp-*"):  # left by an interrupted save
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-        save_model(_unwrap(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_model(unwrap(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         torch.save(state, tmp / "state.pt")
-        meta = {**meta, "step": step, **model_meta(_unwrap(model))}
+        meta = {**meta, "step": step, **model_meta(unwrap(model))}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         _fsync_dir(tmp)
         if final.exists():
@@ -138,7 +138,7 @@ def load_state(path: Path) -> dict[str, Any]:
 def load_weights(model: nn.Module, path: Path) -> None:
     """Fill ``model`` from a checkpoint's weights; CheckpointError naming what does not fit."""
     meta = read_meta(path)
-    ours = model_meta(_unwrap(model))
+    ours = model_meta(unwrap(model))
     if meta.get("family") != ours["family"] or meta.get("config") != ours["config"]:
         diff = _config_diff(meta.get("config", {}), ours["config"])
         raise CheckpointError(
@@ -147,7 +147,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
         )
     try:
         missing, unexpected = read_weights_into(
-            _unwrap(model), str(Path(path) / "model.safetensors")
+            unwrap(model), str(Path(path) / "model.safetensors")
         )
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint: cannot read {path}/model.safetensors ({exc})") from None
@@ -166,7 +166,7 @@ def _config_diff(theirs: dict, ours: dict) -> str:
     return "; ".join(diffs[:4]) or "different family"
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile wraps the module
 
 

@@ -137,7 +137,7 @@ class Trainer:
         }
 
     def _restore(self, path: Path) -> None:
-        checkpoint.load_weights(checkpoint._unwrap(self.model), path)
+        checkpoint.load_weights(checkpoint.unwrap(self.model), path)
         state = checkpoint.load_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best = state["step"], state["best"]

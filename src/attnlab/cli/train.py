@@ -53,9 +53,8 @@ def train(preset_name, overrides, time_budget, out_dir, resume, progress) -> Non
         torch.set_num_threads(config.threads)
     task = make_task(config)
     n = sum(p.numel() for p in task.model.parameters())
-    click.echo(
-        f"{preset_name}: {type(task.model).__name__} with {n:,} parameters -> {config.out_dir}"
-    )
+    what = f"resuming {config.task}" if resume else preset_name
+    click.echo(f"{what}: {type(task.model).__name__} with {n:,} parameters -> {config.out_dir}")
     result = Trainer(config, task, progress=progress).fit(resume=resume)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
     click.echo(f"done: step {result.step} in {result.elapsed:.0f} s; {shown}")

@@ -327,10 +327,10 @@ def _classification_data(name: str):
 
 def _classifier(config: TrainConfig, tokenizer, num_labels: int) -> nn.Module:
     """A BERT with a fresh classification head; its encoder from ``init_from`` when given."""
-    fields = {"head": "classify", "num_labels": num_labels, "max_len": 512}
+    fields = {"head": "classify", "num_labels": num_labels}
     if config.init_from is None:
         return build_model(
-            config, vocab_size=tokenizer.vocab_size, **{**fields, "max_len": config.block_size}
+            config, vocab_size=tokenizer.vocab_size, max_len=config.block_size, **fields
         )
     from attnlab.convert import load_hf
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from attnlab.convert.maps.common import encoder_fields, label_fields
 from attnlab.convert.maps.common import linear_keys as _linear
 from attnlab.models.bert import BERT, BertConfig
 
@@ -113,24 +114,15 @@ def config_to_hf(c: BertConfig) -> dict:
         "architectures": [ARCH_OF[c.head]],
         "model_type": "bert",
         "vocab_size": c.vocab_size,
-        "hidden_size": c.dim,
-        "num_hidden_layers": c.n_layer,
-        "num_attention_heads": c.n_head,
-        "intermediate_size": c.hidden,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": c.dropout,
-        "attention_probs_dropout_prob": c.dropout,
+        **encoder_fields(c),
         "max_position_embeddings": c.max_len,
         "type_vocab_size": c.type_vocab_size,
-        "layer_norm_eps": c.norm_eps,
         "position_embedding_type": "absolute",
         "pad_token_id": 0,
         "tie_word_embeddings": True,
     }
     if c.head in ("classify", "token"):
-        labels = [f"LABEL_{i}" for i in range(c.num_labels)]
-        hf["id2label"] = dict(enumerate(labels))
-        hf["label2id"] = {name: i for i, name in enumerate(labels)}
+        hf.update(label_fields(c.num_labels))
     return hf
 
 

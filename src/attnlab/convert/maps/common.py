@@ -6,3 +6,24 @@ from __future__ import annotations
 def linear_keys(ours: str, theirs: str) -> dict[str, str]:
     """Weight and bias names of one module (Linear, LayerNorm or Conv2d): attnlab -> theirs."""
     return {f"{ours}.weight": f"{theirs}.weight", f"{ours}.bias": f"{theirs}.bias"}
+
+
+def encoder_fields(c) -> dict:
+    """``config.json`` fields transformers' BERT and ViT share, from an attnlab config with
+    ``dim``, ``n_layer``, ``n_head``, ``hidden``, ``dropout`` and ``norm_eps``."""
+    return {
+        "hidden_size": c.dim,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "intermediate_size": c.hidden,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": c.dropout,
+        "attention_probs_dropout_prob": c.dropout,
+        "layer_norm_eps": c.norm_eps,
+    }
+
+
+def label_fields(n: int) -> dict:
+    """``id2label`` / ``label2id`` for ``n`` classes named LABEL_0, LABEL_1, ..."""
+    labels = [f"LABEL_{i}" for i in range(n)]
+    return {"id2label": dict(enumerate(labels)), "label2id": {x: i for i, x in enumerate(labels)}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from attnlab.convert.maps.common import encoder_fields, label_fields
 from attnlab.convert.maps.common import linear_keys as _linear
 from attnlab.models.vit import ViT, ViTConfig
 
@@ -67,24 +68,15 @@ def supports(c: ViTConfig) -> list[str]:
 
 
 def config_to_hf(c: ViTConfig) -> dict:
-    labels = [f"LABEL_{i}" for i in range(c.num_classes)]
     return {
         "architectures": [ARCH],
         "model_type": "vit",
         "image_size": c.image_size,
         "patch_size": c.patch_size,
         "num_channels": c.channels,
-        "hidden_size": c.dim,
-        "num_hidden_layers": c.n_layer,
-        "num_attention_heads": c.n_head,
-        "intermediate_size": c.hidden,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": c.dropout,
-        "attention_probs_dropout_prob": c.dropout,
-        "layer_norm_eps": c.norm_eps,
+        **encoder_fields(c),
         "qkv_bias": True,
-        "id2label": dict(enumerate(labels)),
-        "label2id": {name: i for i, name in enumerate(labels)},
+        **label_fields(c.num_classes),
     }
 
 

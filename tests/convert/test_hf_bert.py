@@ -199,9 +199,9 @@ def test_bad_bert_checkpoints_name_the_file_and_tensor(classify_dir, tmp_path):
     extra = _variant(
         classify_dir,
         tmp_path / "extra",
-        edit_tensors=lambda t: {**t, "bert.encoder.layer.2.output.dense.bias": torch.zeros(32)},
+        edit_tensors=lambda t: {**t, "bert.encoder.layer.1.output.extra.bias": torch.zeros(32)},
     )
-    with pytest.raises(ValueError, match=r"unexpected tensors \['encoder.layer.2.output.dense"):
+    with pytest.raises(ValueError, match=r"unexpected tensors \['encoder.layer.1.output.extra"):
         load_hf(extra)
 
     # Five labels stored where config.json says three.

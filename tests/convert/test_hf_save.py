@@ -129,7 +129,9 @@ def test_models_no_family_can_hold_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"as Llama: bias=True \(Llama needs False\)"):
         save_hf(llama_with_bias, tmp_path / "c")
 
-    with pytest.raises(TypeError, match="model: expected one of BERT, GPT, ViT, got Linear"):
+    with pytest.raises(
+        TypeError, match="model: expected one of BERT, EncoderDecoder, GPT, ViT, got Linear"
+    ):
         save_hf(torch.nn.Linear(2, 2), tmp_path / "d")
 
     with pytest.raises(ValueError, match="max_shard_bytes: expected a positive int"):

@@ -5,11 +5,18 @@ the weights, most of them quantized in blocks.
 ``gguf.quants.dequantize`` and fills an attnlab model through the architecture's key map in
 ``convert/maps/`` (strictly: every tensor used, every parameter filled). The tokenizer in the same
 file is read by :func:`attnlab.tokenizers.load`.
+
+The ``gguf`` package's reader trusts the counts in the file: an array that claims 2**40 items
+makes it allocate until memory runs out, and a truncated file fails deep inside numpy. So every
+file is first walked by :func:`check_gguf`, which bounds every count and size in the header by
+the bytes the file actually has, before the reader sees it.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 from pathlib import Path
 from types import ModuleType
 
@@ -20,7 +27,8 @@ from gguf import GGMLQuantizationType as Q
 from torch import Tensor, nn
 
 from attnlab.convert.maps import gguf_llama
-from attnlab.convert.state import build_model
+from attnlab.convert.paths import regular_file
+from attnlab.convert.state import build_model, check_config_sizes
 
 ARCHITECTURES: dict[str, ModuleType] = {gguf_llama.ARCHITECTURE: gguf_llama}
 
@@ -33,11 +41,220 @@ SUPPORTED = (
 )  # fmt: skip
 
 
+# -- checking a file before the reader sees it --------------------------------------------------
+
+VERSIONS = (2, 3)  # those gguf.GGUFReader reads (version 1 had 32-bit counts)
+MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp refuses tensors with more
+DEFAULT_ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT  # unless general.alignment says otherwise
+# gguf.GGUFReader keeps several numpy objects per metadata array item, tensor and key (about
+# 700 bytes each, and ~35 us to build), so a file of a few hundred megabytes of one-byte items
+# would take hours and tens of gigabytes. Real files stay far below this: the largest
+# vocabularies (262k tokens with scores and types, plus merges) hold about 1.1 million items.
+MAX_ENTRIES = 2**22
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+# struct formats of the scalar types: (u)int8/16/32, float32, bool, (u)int64, float64
+_SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q"}
+_SCALAR_FORMATS |= {11: "q", 12: "d"}
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+_MIN_BYTES = {**_SCALAR_BYTES, _STRING: 8, _ARRAY: 12}  # the smallest encoding of each type
+_MAX_NESTING = 8  # arrays of arrays: real files use none
+
+
+class _Walk:
+    """A cursor over the header of a GGUF file: every read is bounded by the file's size, and
+    every error names the file."""
+
+    def __init__(self, path: Path, data, order: str = "<") -> None:
+        self.path, self.data, self.size, self.pos, self.order = path, data, len(data), 0, order
+        self.entries = 0
+
+    def fail(self, detail: str) -> ValueError:
+        return ValueError(f"{self.path}: expected a GGUF file, but {detail}")
+
+    def remaining(self) -> int:
+        return self.size - self.pos
+
+    def skip(self, n: int, what: str) -> int:
+        """Advance by ``n`` bytes; returns the offset it started at."""
+        if n > self.remaining():
+            raise self.fail(
+                f"it is truncated: {what} needs {n} bytes at offset {self.pos}, and the file "
+                f"has {self.size} bytes"
+            )
+        start, self.pos = self.pos, self.pos + n
+        return start
+
+    def number(self, fmt: str, what: str) -> int:
+        start = self.skip(struct.calcsize(fmt), what)
+        return struct.unpack_from(self.order + fmt, self.data, start)[0]
+
+    def string(self, what: str) -> bytes:
+        n = self.number("Q", f"the length of {what}")
+        if n > self.remaining():
+            raise self.fail(
+                f"{what} claims {n} bytes, and only {self.remaining()} remain in the file"
+            )
+        start = self.skip(n, what)
+        return bytes(self.data[start : start + n])
+
+    def text(self, what: str) -> str:
+        raw = self.string(what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} is not UTF-8 text ({raw[:40]!r})") from None
+
+    def count(self, n: int, each: int, claim: str) -> None:
+        """``n`` entries of at least ``each`` bytes must fit in what remains of the file, and
+        within MAX_ENTRIES. ``claim`` says what the file claims ("metadata key 'x' claims an
+        array of {n} items")."""
+        claim = claim.format(n=n)
+        if n * each > self.remaining():
+            left = self.remaining()
+            raise self.fail(f"{claim}, and only {left} bytes remain in the file")
+        self.entries += n
+        if self.entries > MAX_ENTRIES:
+            raise self.fail(
+                f"{claim}, more than the {MAX_ENTRIES} metadata items, keys and tensors this "
+                "reader accepts in all"
+            )
+
+    def value(self, kind: int, key: str, depth: int = 0):
+        """Step over one value of type ``kind``; returns it when it is a number, a boolean or a
+        string, and ``range(n)`` for an array of n items (only its length is kept)."""
+        if kind in _SCALAR_BYTES:
+            start = self.skip(_SCALAR_BYTES[kind], f"the value of metadata key {key!r}")
+            return struct.unpack_from(self.order + _SCALAR_FORMATS[kind], self.data, start)[0]
+        if kind == _STRING:
+            raw = self.string(f"the value of metadata key {key!r}")
+            return raw.decode("utf-8", errors="replace") if depth == 0 else None
+        if kind != _ARRAY:
+            raise self.fail(f"metadata key {key!r} has unknown value type {kind}")
+        if depth >= _MAX_NESTING:
+            raise self.fail(f"metadata key {key!r} nests arrays more than {_MAX_NESTING} deep")
+        item = self.number("I", f"the item type of metadata key {key!r}")
+        n = self.number("Q", f"the length of metadata key {key!r}")
+        if item not in _MIN_BYTES:
+            raise self.fail(f"metadata key {key!r} is an array of unknown value type {item}")
+        self.count(n, _MIN_BYTES[item], f"metadata key {key!r} claims an array of {{n}} items")
+        if item in _SCALAR_BYTES:  # fixed size: step over all of them at once
+            self.skip(n * _SCALAR_BYTES[item], f"the items of metadata key {key!r}")
+        else:
+            for _ in range(n):
+                self.value(item, key, depth + 1)
+        return range(n)
+
+
+def check_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """Check that ``path`` is a GGUF file whose header can be read safely, before
+    ``gguf.GGUFReader`` reads it: a regular file; the magic and a supported version; every count
+    (metadata keys, array items, tensors, dimensions) bounded by the bytes that remain in the
+    file; known value and tensor types; every tensor's data (its offset plus the bytes its type
+    and shape need) inside the file.
+
+    Raises FileNotFoundError when nothing is at ``path`` and ValueError naming the file and the
+    metadata key or tensor for anything else ("...: expected a GGUF file, but metadata key 'x'
+    claims an array of 1099511627776 items, and only 40 bytes remain in the file"; "...: it is
+    truncated: tensor 'output.weight' needs bytes ..."). Reads the header only, and returns
+    what it read: the metadata (numbers, booleans and strings as values, arrays as ``range(n)``
+    of their length) and every tensor's shape in torch dimension order.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{path}: no such file (expected a .gguf checkpoint)")
+    regular_file(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 24:
+            raise ValueError(
+                f"{path}: expected a GGUF file, but it has {size} bytes (the header alone takes 24)"
+            )
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _check_header(_Walk(path, data))
+
+
+def _check_header(walk: _Walk) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    magic = bytes(walk.data[:4])
+    if magic != b"GGUF":
+        raise walk.fail(f"it starts with {magic!r}, not b'GGUF'")
+    walk.pos = 4
+    version = walk.number("I", "the version")
+    if version & 0xFFFF == 0:  # written on a big-endian machine, as gguf.GGUFReader tells it
+        walk.order = ">"
+        version = struct.unpack(">I", struct.pack("<I", version))[0]
+    if version not in VERSIONS:
+        raise walk.fail(f"it has version {version} (supported: {', '.join(map(str, VERSIONS))})")
+    n_tensors = walk.number("Q", "the tensor count")
+    n_keys = walk.number("Q", "the metadata key count")
+    walk.count(n_keys, 8 + 4 + 1, "it claims {n} metadata keys")  # key length, type, a byte
+    alignment = DEFAULT_ALIGNMENT
+    meta: dict = {}
+    for i in range(n_keys):
+        key = walk.text(f"metadata key #{i}")
+        if key in meta:
+            raise walk.fail(f"metadata key {key!r} appears twice")
+        kind = walk.number("I", f"the type of metadata key {key!r}")
+        value = meta[key] = walk.value(kind, key)
+        if key == "general.alignment":
+            if kind != _UINT32 or not value or value & (value - 1):
+                raise walk.fail(
+                    f"general.alignment must be a power of two stored as UINT32, got {value} "
+                    f"(type {kind})"
+                )
+            alignment = value
+    walk.count(n_tensors, 8 + 4 + 4 + 8, "it claims {n} tensors")  # name, dims, type, offset
+    tensors = [_tensor_info(walk, i) for i in range(n_tensors)]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, _, _, _, dims in tensors:
+        if name in shapes:
+            raise walk.fail(f"tensor {name!r} appears twice")
+        shapes[name] = tuple(reversed(dims))  # ggml lists the fastest-varying dimension first
+    start = -(-walk.pos // alignment) * alignment  # tensor data begins at the next aligned offset
+    for name, qtype, n_bytes, offset, _ in tensors:
+        if offset % alignment:
+            raise walk.fail(f"tensor {name!r} has offset {offset}, not a multiple of {alignment}")
+        begin, end = start + offset, start + offset + n_bytes
+        if end > walk.size:
+            raise walk.fail(
+                f"it is truncated: tensor {name!r} ({qtype.name}) needs bytes {begin} to {end}, "
+                f"and the file has {walk.size} bytes"
+            )
+    return meta, shapes
+
+
+def _tensor_info(walk: _Walk, i: int) -> tuple[str, Q, int, int, list[int]]:
+    """(name, type, bytes of data, offset from the start of the data, dimensions in ggml order)
+    of tensor ``i``."""
+    name = walk.text(f"the name of tensor #{i}")
+    n_dims = walk.number("I", f"the dimension count of tensor {name!r}")
+    if n_dims > MAX_DIMS:
+        raise walk.fail(f"tensor {name!r} has {n_dims} dimensions (at most {MAX_DIMS})")
+    dims = [walk.number("Q", f"the dimensions of tensor {name!r}") for _ in range(n_dims)]
+    raw_type = walk.number("I", f"the type of tensor {name!r}")
+    offset = walk.number("Q", f"the offset of tensor {name!r}")
+    try:
+        qtype = Q(raw_type)
+        block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+    except (ValueError, KeyError):
+        raise walk.fail(f"tensor {name!r} has unknown type {raw_type}") from None
+    if dims and dims[0] % block:
+        raise walk.fail(
+            f"tensor {name!r} has rows of {dims[0]} values, not a multiple of the "
+            f"{qtype.name} block size {block}"
+        )
+    elements = 1
+    for n in dims:
+        elements *= n
+    return name, qtype, elements // block * block_bytes, offset, dims
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
 def _open(path: Path) -> gguf.GGUFReader:
     if path.is_dir():
         raise ValueError(f"{path}: expected a .gguf file, got a directory")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (expected a .gguf checkpoint)")
+    check_gguf(path)
     try:
         return gguf.GGUFReader(path)
     except Exception as exc:  # bad magic, truncation: ValueError, struct.error, IndexError, ...
@@ -111,9 +328,22 @@ def load_gguf(path: str | os.PathLike) -> nn.Module:
             f"supported: {', '.join(ARCHITECTURES)}"
         )
     family = ARCHITECTURES[arch]
+    # The configuration is checked against the tensor shapes before any tensor is dequantized.
+    shapes = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
+    skeletons = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    config = family.config_from_gguf(meta, skeletons, str(path))
+    check_config_sizes(
+        config,
+        shapes,
+        fields=family.FIELDS,
+        stated=meta,
+        layers=family.LAYERS,
+        sizes=family.SIZES,
+        config_source=f"{path} metadata",
+        weights_source=str(path),
+    )
     tensors = _read(reader, path, lambda r: _tensors(r, path))
     del reader  # releases the memory map; every tensor has been copied out
-    config = family.config_from_gguf(meta, tensors, str(path))
     try:
         state = family.to_attnlab(dict(tensors), config)
     except KeyError as exc:

@@ -5,10 +5,17 @@ Loading never runs pickled code: weights come from safetensors files (one, or sh
 Nothing is fetched over the network. Every tensor must be used and every parameter filled:
 a missing, unexpected or wrongly shaped tensor is an error naming the file and the tensor.
 
-Saving writes what transformers' ``from_pretrained`` reads: GPT as GPT-2 or Llama (whichever can
-hold its configuration), BERT as the transformers class of its head, ViT as an image classifier.
-Every file is written to a temporary name and renamed into place, so a reader never sees half of
-one.
+A checkpoint directory may be broken or hostile, so loading reads only regular files that stay
+inside the directory (see :mod:`attnlab.convert.paths`), and sizes nothing from ``config.json``
+alone: layer counts and widths are compared with the tensor names and shapes in the safetensors
+headers before a key map walks the layers or a model is allocated. Errors about the
+configuration use the file's own keys (``num_attention_heads``, not attnlab's ``n_head``).
+
+Saving writes what transformers' ``from_pretrained`` reads, with outputs equal to attnlab's: GPT
+as GPT-2 (a bias-free GPT as GPT-2 with zero biases) or Llama, whichever can hold its
+configuration; BERT as the transformers class of its head; ViT as an image classifier; the
+encoder-decoder as Marian. Every file is written to a temporary name and renamed into place, so
+a reader never sees half of one.
 """
 
 from __future__ import annotations
@@ -16,30 +23,44 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from attnlab.convert.maps import bert, gpt2, llama, vit
-from attnlab.convert.state import build_model
+from attnlab.convert.maps import bert, gpt2, llama, marian, vit
+from attnlab.convert.paths import regular_file
+from attnlab.convert.state import build_model, check_config_sizes, in_file_terms
 from attnlab.files import atomic_write_text
 
 # model_type -> key map; save_hf tries them in this order for a model of their MODEL class.
-FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "llama": llama, "bert": bert, "vit": vit}
+FAMILIES: dict[str, ModuleType] = {
+    "gpt2": gpt2,
+    "llama": llama,
+    "bert": bert,
+    "vit": vit,
+    "marian": marian,
+}
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+# config.json and the shard index are small (kilobytes; a few megabytes with long label lists):
+# a larger one is not a configuration, and is not read into memory.
+MAX_JSON_BYTES = 64 * 2**20
 
 
 def _family(hf: dict, config_path: Path) -> ModuleType:
     model_type = hf.get("model_type")
-    if model_type not in FAMILIES:
-        archs = ", ".join(hf.get("architectures") or []) or "none given"
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
+        archs = hf.get("architectures")
+        archs = ", ".join(map(str, archs)) if isinstance(archs, list) and archs else "none given"
         raise ValueError(
             f"{config_path}: unsupported architecture (model_type={model_type!r}, "
             f"architectures: {archs}); supported model types: {', '.join(FAMILIES)}"
@@ -47,16 +68,39 @@ def _family(hf: dict, config_path: Path) -> ModuleType:
     return FAMILIES[model_type]
 
 
-def _read_config(config_path: Path) -> dict:
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: no such file (expected a checkpoint directory)")
+def _read_json(path: Path, directory: Path):
+    """The parsed contents of the small JSON file ``path`` inside ``directory``."""
+    regular_file(path, directory)
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(
+            f"{path}: {size} bytes, expected a JSON file of at most {MAX_JSON_BYTES} bytes"
+        )
     try:
-        hf = json.loads(config_path.read_text())
+        return json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{config_path}: expected JSON, got a parse error ({exc})") from None
+        raise ValueError(f"{path}: expected JSON, got a parse error ({exc})") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise ValueError(f"{path}: expected JSON, got values nested too deeply") from None
+
+
+def _read_config(config_path: Path, directory: Path) -> dict:
+    if not os.path.lexists(config_path):
+        raise FileNotFoundError(f"{config_path}: no such file (expected a checkpoint directory)")
+    hf = _read_json(config_path, directory)
     if not isinstance(hf, dict):
         raise ValueError(f"{config_path}: expected a JSON object, got {type(hf).__name__}")
     return hf
+
+
+def _header(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header; the data is not read. The header is
+    checked against the file's size (a truncated file is refused here)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: cannot read safetensors weights ({exc})") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -66,65 +110,139 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
         raise ValueError(f"{path}: cannot read safetensors weights ({exc})") from None
 
 
-def _read_index(index: Path) -> dict[str, Tensor]:
-    """The tensors of every shard listed in a ``model.safetensors.index.json``."""
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(
-            f"{index}: expected JSON with a 'weight_map' object, got {type(exc).__name__}: {exc}"
-        ) from None
-    if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+@dataclass
+class _Weights:
+    """The tensors of a checkpoint: their shapes now, their data on ``load()``."""
+
+    source: Path  # named in errors: the weights file, or the index of the shards
+    shapes: dict[str, tuple[int, ...]]
+    load: Callable[[], dict[str, Tensor]]
+
+
+def _single(path: Path, directory: Path) -> _Weights:
+    regular_file(path, directory)
+    return _Weights(path, _header(path), lambda: _read_safetensors(path))
+
+
+def _shard_path(index: Path, shard: str) -> Path:
+    """The file of ``shard`` (a name from the index); ValueError for a name that leaves the
+    checkpoint directory or does not exist."""
+    normal = posixpath.normpath(shard)
+    for form in (normal, posixpath.normpath(shard.replace("\\", "/"))):  # Windows separators
+        if posixpath.isabs(form) or form == ".." or form.startswith("../"):
+            raise ValueError(f"{index}: shard {shard!r} is outside the checkpoint directory")
+    path = index.parent / normal
+    if not os.path.lexists(path):
+        raise ValueError(f"{index}: shard {shard!r} is listed but {path} does not exist")
+    return regular_file(path, index.parent)
+
+
+def _sharded(index: Path, directory: Path) -> _Weights:
+    """The shards listed in a ``model.safetensors.index.json``: every listed tensor must be in
+    its shard, and no tensor in two shards."""
+    weight_map = _read_json(index, directory)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: expected JSON with a 'weight_map' object")
+    if not all(isinstance(s, str) for s in weight_map.values()):
         raise ValueError(f"{index}: expected 'weight_map' to map tensor names to shard file names")
-    tensors: dict[str, Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        path = index.parent / shard
-        if Path(shard).name != shard or not path.is_file():
-            raise ValueError(f"{index}: shard {shard!r} is listed but {path} does not exist")
-        part = _read_safetensors(path)
+    paths = {shard: _shard_path(index, shard) for shard in sorted(set(weight_map.values()))}
+    shapes: dict[str, tuple[int, ...]] = {}
+    home: dict[str, str] = {}
+    for shard, path in paths.items():
+        part = _header(path)
         absent = sorted(k for k, s in weight_map.items() if s == shard and k not in part)
         if absent:
             raise ValueError(f"{index}: tensors {absent[:5]} are listed in {shard!r} but absent")
-        tensors.update(part)
-    return tensors
+        twice = sorted(set(part) & set(shapes))
+        if twice:
+            raise ValueError(
+                f"{index}: tensor {twice[0]!r} is stored in both {home[twice[0]]!r} and {shard!r}"
+            )
+        shapes.update(part)
+        home.update(dict.fromkeys(part, shard))
+
+    def load() -> dict[str, Tensor]:
+        tensors: dict[str, Tensor] = {}
+        for path in paths.values():
+            tensors.update(_read_safetensors(path))
+        return tensors
+
+    return _Weights(index, shapes, load)
 
 
-def _read_weights(directory: Path) -> tuple[dict[str, Tensor], str]:
-    """All tensors of the checkpoint and a description of where they came from."""
-    single, index = directory / SINGLE, directory / INDEX
-    if single.exists():
-        return _read_safetensors(single), str(single)
-    if index.exists():
-        return _read_index(index), str(index)
-    legacy = directory / "pytorch_model.bin"
-    if legacy.exists():
-        try:
-            return torch.load(legacy, map_location="cpu", weights_only=True), str(legacy)
-        except Exception as exc:  # weights_only refuses arbitrary pickled objects
-            raise ValueError(f"{legacy}: not a plain tensor checkpoint ({exc})") from None
+def _legacy(path: Path, directory: Path) -> _Weights:
+    regular_file(path, directory)
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses arbitrary pickled objects
+        raise ValueError(f"{path}: not a plain tensor checkpoint ({exc})") from None
+    if not isinstance(tensors, dict) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in tensors.items()
+    ):
+        raise ValueError(f"{path}: expected a dict of tensor name -> tensor")
+    return _Weights(path, {k: tuple(v.shape) for k, v in tensors.items()}, lambda: tensors)
+
+
+def _weights(directory: Path) -> _Weights:
+    """The checkpoint's weights: one safetensors file, shards, or a ``pytorch_model.bin``."""
+    for name, reader in ((SINGLE, _single), (INDEX, _sharded), ("pytorch_model.bin", _legacy)):
+        path = directory / name
+        if os.path.lexists(path):  # a broken link is reported, not skipped
+            return reader(path, directory)
     raise FileNotFoundError(f"{directory}: no {SINGLE}, {INDEX} or pytorch_model.bin")
 
 
-def load_hf(directory: str | os.PathLike) -> nn.Module:
-    """The attnlab model for a Hugging Face checkpoint directory: GPT-2 and Llama (as ``GPT``),
-    BERT with its masked-LM, next-sentence, classification or no head (as ``BERT``), and ViT
-    image classifiers (as ``ViT``)."""
-    directory = Path(directory)
-    config_path = directory / "config.json"
-    hf = _read_config(config_path)
-    family = _family(hf, config_path)
-    tensors, source = _read_weights(directory)
-    tensors = {k: v for k, v in tensors.items() if not k.endswith(family.IGNORED_SUFFIXES)}
+def _config(family: ModuleType, hf: dict, shapes: dict, config_path: Path):
+    """``family.config_from_hf`` with its errors naming ``config_path`` and the file's keys."""
     try:
-        config = family.config_from_hf(hf, tensors)
+        return family.config_from_hf(hf, shapes)
     except KeyError as exc:
         raise ValueError(f"{config_path}: missing field {exc.args[0]!r}") from None
-    except ValueError as exc:  # the maps say "config.json: ..."; name the actual file
-        raise ValueError(f"{config_path}: {str(exc).removeprefix('config.json: ')}") from None
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:  # values of odd types
+        raise ValueError(
+            f"{config_path}: {in_file_terms(str(exc), family.CONFIG_KEYS, hf)}"
+        ) from None
+
+
+def load_hf(directory: str | os.PathLike, *, weights: bool = True) -> nn.Module:
+    """The attnlab model for a Hugging Face checkpoint directory: GPT-2 and Llama (as ``GPT``),
+    BERT with its masked-LM, next-sentence, classification or no head (as ``BERT``), ViT image
+    classifiers (as ``ViT``) and Marian translation models (as ``EncoderDecoder``).
+
+    Raises FileNotFoundError when the directory holds no ``config.json`` or no weights, and
+    ValueError naming the file (and the key or tensor) for anything else: a configuration that
+    disagrees with the tensors, a missing or unexpected tensor, a file that is not a regular
+    file or that a link places outside the directory. With ``weights=False`` the model is built
+    on the meta device from the configuration and the tensor shapes alone (nothing is read)."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    hf = _read_config(config_path, directory)
+    family = _family(hf, config_path)
+    load_weights, weights = weights, _weights(directory)
+    source = str(weights.source)
+    shapes = {k: v for k, v in weights.shapes.items() if not k.endswith(family.IGNORED_SUFFIXES)}
+    config = _config(family, hf, shapes, config_path)
+    check_config_sizes(
+        config,
+        shapes,
+        fields=family.CONFIG_KEYS,
+        stated=hf,
+        layers=family.LAYERS,
+        sizes=family.SIZES,
+        config_source=str(config_path),
+        weights_source=source,
+    )
+    if not load_weights:
+        with torch.device("meta"):
+            return family.MODEL(config).eval()
+    tensors = {k: v for k, v in weights.load().items() if k in shapes}
     try:
-        state = family.to_attnlab(dict(tensors), config)
+        state = family.to_attnlab(tensors, config)
     except KeyError as exc:
         raise ValueError(f"{source}: missing tensor {exc.args[0]!r}") from None
+    except ValueError as exc:  # a tensor the attnlab model cannot hold
+        raise ValueError(f"{source}: {exc}") from None
     return build_model(family.MODEL, config, state, source)
 
 
@@ -187,15 +305,18 @@ def _stale_shards(directory: Path, keep: set[str]) -> list[Path]:
 def save_hf(
     model: nn.Module, directory: str | os.PathLike, *, max_shard_bytes: int | None = None
 ) -> Path:
-    """Write ``model`` (``GPT`` or ``BERT``) as a Hugging Face directory that transformers'
-    ``from_pretrained`` and :func:`load_hf` read: ``config.json`` plus ``model.safetensors``,
-    or, when ``max_shard_bytes`` is given and the weights exceed it, shards
-    ``model-0000i-of-0000n.safetensors`` listed in ``model.safetensors.index.json``.
+    """Write ``model`` (``GPT``, ``BERT``, ``ViT`` or ``EncoderDecoder``) as a Hugging Face
+    directory that transformers' ``from_pretrained`` and :func:`load_hf` read: ``config.json``
+    plus ``model.safetensors``, or, when ``max_shard_bytes`` is given and the weights exceed it,
+    shards ``model-0000i-of-0000n.safetensors`` listed in ``model.safetensors.index.json``.
+    The transformers model computes the same outputs as ``model``.
 
-    A GPT is written as GPT-2 (learned positions, LayerNorm, GELU) or Llama (RoPE, RMSNorm,
-    SwiGLU, no biases); any other configuration is a ValueError naming what cannot be written.
-    Every file is written atomically; weights left by an earlier save in the other layout
-    (single file or shards) are removed. Returns the directory.
+    A GPT is written as GPT-2 (learned positions, LayerNorm, GELU; without biases as zero
+    biases) or Llama (RoPE, RMSNorm, SwiGLU, no biases); BERT as the class of its head; ViT
+    (reading [CLS]) as ``ViTForImageClassification``; the post-norm encoder-decoder as
+    ``MarianMTModel``. Any other configuration is a ValueError naming what cannot be written
+    and why. Every file is written atomically; weights left by an earlier save in the other
+    layout (single file or shards) are removed. Returns the directory.
     """
     if max_shard_bytes is not None and max_shard_bytes < 1:
         raise ValueError(f"max_shard_bytes: expected a positive int or None, got {max_shard_bytes}")

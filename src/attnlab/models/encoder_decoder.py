@@ -25,6 +25,7 @@ from attnlab.attention.kv_cache import KVCache
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import MLP, Block, make_norm
 from attnlab.models import presets
+from attnlab.models.checks import check_choice, check_flags, check_numbers, check_sizes
 from attnlab.models.output import (
     ModelOutput,
     check_input_ids,
@@ -33,6 +34,8 @@ from attnlab.models.output import (
     run_blocks,
 )
 from attnlab.position import SinusoidalPositionalEmbedding
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 
 
 @dataclass
@@ -57,10 +60,13 @@ class TransformerConfig:
     backend: str = "auto"  # attention backend name
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_len", "n_layer", "n_head", "dim", "hidden"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_sizes(self, "vocab_size", "max_len", "n_layer", "n_head", "dim", "hidden")
+        check_sizes(self, "tgt_vocab_size", "n_decoder_layer")
+        check_sizes(self, "pad_id", "bos_id", "eos_id", minimum=0)
+        check_choice(self, "activation", ACTIVATIONS)
+        check_numbers(self, "norm_eps")
+        check_numbers(self, "dropout", high=1.0)
+        check_flags(self, "prenorm", "share_embeddings", "tie_output")
         if self.tgt_vocab_size is None:
             self.tgt_vocab_size = self.vocab_size
         if self.n_decoder_layer is None:
@@ -115,7 +121,9 @@ class EncoderDecoder(nn.Module):
         self.config = c = config
         self.src_tok = nn.Embedding(c.vocab_size, c.dim)
         self.tgt_tok = self.src_tok if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.dim)
-        self.pos = SinusoidalPositionalEmbedding(c.dim, max_len=c.max_len)
+        # The table grows on demand, so rows past the first few thousand need not be computed
+        # up front: a context limit of billions (from a checkpoint's config) must not allocate.
+        self.pos = SinusoidalPositionalEmbedding(c.dim, max_len=min(c.max_len, 4096))
         self.drop = nn.Dropout(c.dropout)
 
         def attention() -> MultiHeadAttention:

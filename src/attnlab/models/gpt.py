@@ -25,7 +25,10 @@ from attnlab.attention.bias import alibi
 from attnlab.attention.kv_cache import KVCache
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import Block, make_mlp, make_norm
+from attnlab.layers.mlp import MLPS
+from attnlab.layers.norms import NORMS
 from attnlab.models import presets
+from attnlab.models.checks import check_choice, check_flags, check_numbers, check_sizes
 from attnlab.models.output import ModelOutput, check_input_ids, run_blocks
 from attnlab.position import LearnedPositionalEmbedding, RotaryEmbedding
 
@@ -54,10 +57,14 @@ class GPTConfig:
     backend: str = "auto"  # attention backend name
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_len", "n_layer", "n_head", "dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_sizes(self, "vocab_size", "max_len", "n_layer", "n_head", "dim")
+        check_sizes(self, "n_kv_head", "hidden", "hidden_multiple_of")
+        check_choice(self, "norm", NORMS)
+        check_choice(self, "mlp", MLPS)
+        check_numbers(self, "norm_eps")
+        check_numbers(self, "rope_base", positive=True)
+        check_numbers(self, "dropout", high=1.0)
+        check_flags(self, "bias", "tie_embeddings", "qk_norm")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.n_head % self.n_kv_head:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import MLP, Block, make_norm
 from attnlab.models import presets
+from attnlab.models.checks import check_numbers, check_sizes
 from attnlab.models.output import (
     ModelOutput,
     classification_loss,
@@ -46,10 +47,10 @@ class ViTConfig:
     backend: str = "auto"  # attention backend name
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "channels", "num_classes", "n_layer", "dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_sizes(self, "image_size", "patch_size", "channels", "num_classes", "n_layer", "dim")
+        check_sizes(self, "n_head", "hidden")
+        check_numbers(self, "norm_eps")
+        check_numbers(self, "dropout", high=1.0)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"patch_size: expected a divisor of image_size={self.image_size}, "

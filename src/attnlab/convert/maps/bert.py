@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from attnlab.convert.maps.common import encoder_fields, label_fields
+from attnlab.convert.maps.common import ENCODER_KEYS, encoder_fields, label_fields
 from attnlab.convert.maps.common import linear_keys as _linear
 from attnlab.models.bert import BERT, BertConfig
 
@@ -26,6 +26,32 @@ ARCH_OF = {  # attnlab head -> the transformers class that carries it
 HEAD_OF = {arch: head for head, arch in ARCH_OF.items()}
 # Checkpoints other than BertModel keep the encoder under ``bert.``; heads sit beside it.
 ENCODER_PREFIX = "bert."
+
+# attnlab config field -> config.json key (errors about a field name the file's key)
+CONFIG_KEYS = {
+    **ENCODER_KEYS,
+    "vocab_size": "vocab_size",
+    "max_len": "max_position_embeddings",
+    "type_vocab_size": "type_vocab_size",
+    "num_labels": "num_labels",
+    "labels": "id2label",
+}
+# config.json key of a layer count -> tensor names carrying the layer index
+LAYERS = {"num_hidden_layers": r"(?:bert\.)?encoder\.layer\.(\d+)\."}
+
+
+def _either(name: str) -> tuple[str, str]:
+    return (ENCODER_PREFIX + name, name)
+
+
+# (config.json key, tensor names, axis): sizes the tensors must show
+SIZES = [
+    ("vocab_size", _either("embeddings.word_embeddings.weight"), 0),
+    ("hidden_size", _either("embeddings.word_embeddings.weight"), 1),
+    ("max_position_embeddings", _either("embeddings.position_embeddings.weight"), 0),
+    ("type_vocab_size", _either("embeddings.token_type_embeddings.weight"), 0),
+    ("intermediate_size", _either("encoder.layer.0.intermediate.dense.weight"), 0),
+]
 
 
 # attnlab name -> Hugging Face name within the encoder
@@ -99,8 +125,33 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> BertCo
         norm_eps=hf.get("layer_norm_eps", 1e-12),
         head=head,
         num_labels=len(labels) if labels else hf.get("num_labels", 2),
+        labels=_label_names(labels) if head in ("classify", "token") else None,
         pooler=has_pooler,
     )
+
+
+def _label_names(id2label: dict | None) -> list[str] | None:
+    """Class names by label index from ``id2label`` ({"0": "negative", ...}); None when absent
+    or transformers' placeholders LABEL_0, LABEL_1, ... (the classes have no names)."""
+    if not id2label:
+        return None
+    if not isinstance(id2label, dict):
+        raise ValueError(f"config.json: id2label: expected an object, got {id2label!r:.80}")
+    try:
+        by_index = {int(k): v for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"config.json: id2label: expected integer keys 0..{len(id2label) - 1}, got "
+            f"{sorted(id2label)[:5]}"
+        ) from None
+    if sorted(by_index) != list(range(len(by_index))):
+        raise ValueError(
+            f"config.json: id2label: expected keys 0..{len(by_index) - 1}, got {sorted(by_index)}"
+        )
+    names = [by_index[i] for i in range(len(by_index))]
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"config.json: id2label: expected distinct names, got {names}")
+    return None if names == [f"LABEL_{i}" for i in range(len(names))] else names
 
 
 def supports(c: BertConfig) -> list[str]:
@@ -121,7 +172,10 @@ def config_to_hf(c: BertConfig) -> dict:
         "pad_token_id": 0,
         "tie_word_embeddings": True,
     }
-    if c.head in ("classify", "token"):
+    if c.head in ("classify", "token") and c.labels is not None:  # names, by label index
+        hf["id2label"] = dict(enumerate(c.labels))
+        hf["label2id"] = {name: i for i, name in enumerate(c.labels)}
+    elif c.head in ("classify", "token"):
         hf.update(label_fields(c.num_labels))
     return hf
 

@@ -8,6 +8,16 @@ def linear_keys(ours: str, theirs: str) -> dict[str, str]:
     return {f"{ours}.weight": f"{theirs}.weight", f"{ours}.bias": f"{theirs}.bias"}
 
 
+# attnlab field -> config.json key, for the fields transformers' BERT and ViT share
+ENCODER_KEYS = {
+    "dim": "hidden_size",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "hidden": "intermediate_size",
+    "norm_eps": "layer_norm_eps",
+}
+
+
 def encoder_fields(c) -> dict:
     """``config.json`` fields transformers' BERT and ViT share, from an attnlab config with
     ``dim``, ``n_layer``, ``n_head``, ``hidden``, ``dropout`` and ``norm_eps``."""
@@ -27,3 +37,12 @@ def label_fields(n: int) -> dict:
     """``id2label`` / ``label2id`` for ``n`` classes named LABEL_0, LABEL_1, ..."""
     labels = [f"LABEL_{i}" for i in range(n)]
     return {"id2label": dict(enumerate(labels)), "label2id": {x: i for i, x in enumerate(labels)}}
+
+
+def size_field(hf: dict, key: str) -> int:
+    """``hf[key]`` where a key map computes with it before the config class can check it:
+    KeyError when absent (reported as a missing field), ValueError unless a positive int."""
+    value = hf[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"config.json: {key}: expected a positive int, got {value!r}")
+    return value

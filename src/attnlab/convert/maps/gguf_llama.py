@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from attnlab.convert.state import in_file_terms
 from attnlab.models.gpt import GPT, GPTConfig
 
 MODEL = GPT
@@ -44,6 +45,21 @@ CONFIG_KEYS = {
     "hidden": "feed_forward_length",
     "n_head": "attention.head_count",
 }
+# GPTConfig field -> full metadata key, for errors
+FIELDS = {
+    **{field: f"{ARCHITECTURE}.{key}" for field, key in CONFIG_KEYS.items()},
+    "max_len": f"{ARCHITECTURE}.context_length",
+    "n_kv_head": f"{ARCHITECTURE}.attention.head_count_kv",
+    "norm_eps": f"{ARCHITECTURE}.attention.layer_norm_rms_epsilon",
+    "rope_base": f"{ARCHITECTURE}.rope.freq_base",
+}
+# metadata key of a layer count -> tensor names carrying the layer index
+LAYERS = {f"{ARCHITECTURE}.block_count": r"blk\.(\d+)\."}
+# (metadata key, tensor names, axis in torch order): sizes the tensors must show
+SIZES = [
+    (f"{ARCHITECTURE}.embedding_length", ("token_embd.weight",), 1),
+    (f"{ARCHITECTURE}.feed_forward_length", ("blk.0.ffn_up.weight",), 0),
+]
 
 
 def config_from_gguf(meta: dict, tensors: dict[str, Tensor], source: str) -> GPTConfig:
@@ -57,7 +73,24 @@ def config_from_gguf(meta: dict, tensors: dict[str, Tensor], source: str) -> GPT
             raise ValueError(f"{source}: expected metadata key {prefix + key!r}, found none")
         return value
 
-    fields = {name: int(get(key)) for name, key in CONFIG_KEYS.items()}
+    def integer(key: str, default=None) -> int:
+        value = get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(
+                f"{source}: metadata key {prefix + key!r}: expected a positive int, "
+                f"got {value!r:.80}"
+            )
+        return value
+
+    def number(key: str, default: float) -> float:
+        value = get(key, default)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(
+                f"{source}: metadata key {prefix + key!r}: expected a number, got {value!r:.80}"
+            )
+        return float(value)
+
+    fields = {name: integer(key) for name, key in CONFIG_KEYS.items()}
     n_head = fields["n_head"]
     head_dim = fields["dim"] // n_head
     for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
@@ -66,7 +99,7 @@ def config_from_gguf(meta: dict, tensors: dict[str, Tensor], source: str) -> GPT
                 f"{source}: {prefix + key} = {meta[prefix + key]} is not supported yet "
                 f"(expected embedding_length / head_count = {head_dim})"
             )
-    if int(meta.get(prefix + "expert_count", 0)) > 0:
+    if meta.get(prefix + "expert_count", 0):
         raise ValueError(f"{source}: mixture-of-experts Llama models are not supported yet")
     scaling = meta.get(prefix + "rope.scaling.type", "none")
     if scaling != "none" or "rope_freqs.weight" in tensors:
@@ -74,24 +107,29 @@ def config_from_gguf(meta: dict, tensors: dict[str, Tensor], source: str) -> GPT
     if "tokenizer.ggml.tokens" in meta:
         vocab = len(meta["tokenizer.ggml.tokens"])
     elif prefix + "vocab_size" in meta:
-        vocab = int(meta[prefix + "vocab_size"])
+        vocab = integer("vocab_size")
     elif TOP_KEYS["tok.weight"] in tensors:
         vocab = tensors[TOP_KEYS["tok.weight"]].shape[0]
     else:
         raise ValueError(f"{source}: expected a token list or token_embd.weight, found neither")
-    return GPTConfig(
-        vocab_size=vocab,
-        max_len=int(get("context_length", 2048)),
-        n_kv_head=int(get("attention.head_count_kv", n_head)),
-        norm="rmsnorm",
-        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        mlp="swiglu",
-        position="rope",
-        rope_base=float(get("rope.freq_base", 10000.0)),
-        bias=False,
-        tie_embeddings=TOP_KEYS["head.weight"] not in tensors,
-        **fields,
-    )
+    try:
+        return GPTConfig(
+            vocab_size=vocab,
+            max_len=integer("context_length", 2048),
+            n_kv_head=integer("attention.head_count_kv", n_head),
+            norm="rmsnorm",
+            norm_eps=number("attention.layer_norm_rms_epsilon", 1e-5),
+            mlp="swiglu",
+            position="rope",
+            rope_base=number("rope.freq_base", 10000.0),
+            bias=False,
+            tie_embeddings=TOP_KEYS["head.weight"] not in tensors,
+            **fields,
+        )
+    except ValueError as exc:  # in the file's terms: metadata keys, not GPTConfig fields
+        if str(exc).startswith(source):
+            raise
+        raise ValueError(f"{source}: {in_file_terms(str(exc), FIELDS, meta)}") from None
 
 
 def unpermute_rope_rows(w: Tensor, n_head: int) -> Tensor:

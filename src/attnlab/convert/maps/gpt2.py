@@ -3,6 +3,9 @@
 GPT-2's linear layers are ``Conv1D``: weights stored (in, out), the transpose of
 ``nn.Linear``; the query/key/value projections are fused into one ``c_attn`` of width 3C.
 Both directions read the same tables below.
+
+A GPT without biases (nanoGPT's ``bias=False``) is exactly a GPT-2 whose biases are all zero,
+LayerNorm biases included, so it is written as one; read back it is a GPT with zero biases.
 """
 
 from __future__ import annotations
@@ -10,10 +13,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnlab.convert.maps.common import size_field
 from attnlab.models.gpt import GPT, GPTConfig
 
 NAME = "GPT-2"
 MODEL = GPT
+
+# attnlab config field -> config.json key (errors about a field name the file's key)
+CONFIG_KEYS = {
+    "vocab_size": "vocab_size",
+    "max_len": "n_positions",
+    "n_layer": "n_layer",
+    "n_head": "n_head",
+    "dim": "n_embd",
+    "hidden": "n_inner",
+    "norm_eps": "layer_norm_epsilon",
+    "mlp": "activation_function",
+    "tie_embeddings": "tie_word_embeddings",
+}
+# config.json key of a layer count -> tensor names carrying the layer index
+LAYERS = {"n_layer": r"(?:transformer\.)?h\.(\d+)\."}
+# (config.json key, tensor names, axis): sizes the tensors must show
+SIZES = [
+    ("vocab_size", ("transformer.wte.weight", "wte.weight"), 0),
+    ("n_embd", ("transformer.wte.weight", "wte.weight"), 1),
+    ("n_positions", ("transformer.wpe.weight", "wpe.weight"), 0),
+    ("n_inner", ("transformer.h.0.mlp.c_fc.weight", "h.0.mlp.c_fc.weight"), 1),
+]
 
 # Buffers some checkpoints carry that hold no weights (the causal mask of old versions).
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -40,6 +66,8 @@ LAYER_KEYS = {
     "mlp_norm.weight": "ln_2.weight",
     "mlp_norm.bias": "ln_2.bias",
 }
+# attnlab weights that have no bias in GPT-2 either (embeddings, the output head).
+NO_BIAS = ("tok.weight", "pos.weight", "head.weight")
 # Conv1D weights: stored transposed relative to nn.Linear.
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Hugging Face fused projection within layer h.i -> the attnlab projections it concatenates
@@ -60,7 +88,7 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTCon
         n_layer=hf["n_layer"],
         n_head=hf["n_head"],
         dim=hf["n_embd"],
-        hidden=hf.get("n_inner") or 4 * hf["n_embd"],
+        hidden=hf.get("n_inner") or 4 * size_field(hf, "n_embd"),
         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
         mlp=ACTIVATIONS[act],
         tie_embeddings=hf.get("tie_word_embeddings", True),
@@ -68,8 +96,9 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTCon
 
 
 def supports(c: GPTConfig) -> list[str]:
-    """Why ``c`` cannot be written as GPT-2 (empty when it can)."""
-    want = {"norm": "layernorm", "position": "learned", "bias": True, "qk_norm": False}
+    """Why ``c`` cannot be written as GPT-2 (empty when it can). ``bias=False`` can: zero
+    biases."""
+    want = {"norm": "layernorm", "position": "learned", "qk_norm": False}
     bad = [
         f"{k}={getattr(c, k)!r} (GPT-2 needs {v!r})" for k, v in want.items() if getattr(c, k) != v
     ]
@@ -135,8 +164,20 @@ def to_attnlab(sd: dict[str, Tensor], c: GPTConfig) -> dict[str, Tensor]:
     return out
 
 
+def _with_zero_biases(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``sd`` plus a zero ``X.bias`` for every Linear or LayerNorm ``X`` stored without one:
+    a layer without bias computes exactly what it computes with a zero bias."""
+    out = dict(sd)
+    for key, w in sd.items():
+        bias = key.removesuffix(".weight") + ".bias"
+        if key.endswith(".weight") and bias not in sd and not key.endswith(NO_BIAS):
+            out[bias] = w.new_zeros(w.shape[0])
+    return out
+
+
 def from_attnlab(sd: dict[str, Tensor], c: GPTConfig) -> dict[str, Tensor]:
     """attnlab state dict -> Hugging Face ``GPT2LMHeadModel`` state dict."""
+    sd = _with_zero_biases(sd)
     out: dict[str, Tensor] = {}
     for ours, theirs in _body_keys(c).items():
         t = sd[ours]

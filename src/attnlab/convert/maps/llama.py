@@ -9,12 +9,35 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from attnlab.convert.maps.common import size_field
 from attnlab.models.gpt import GPT, GPTConfig
 
 NAME = "Llama"
 MODEL = GPT
 
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+# attnlab config field -> config.json key (errors about a field name the file's key)
+CONFIG_KEYS = {
+    "vocab_size": "vocab_size",
+    "max_len": "max_position_embeddings",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_kv_head": "num_key_value_heads",
+    "dim": "hidden_size",
+    "hidden": "intermediate_size",
+    "norm_eps": "rms_norm_eps",
+    "rope_base": "rope_theta",
+    "tie_embeddings": "tie_word_embeddings",
+}
+# config.json key of a layer count -> tensor names carrying the layer index
+LAYERS = {"num_hidden_layers": r"model\.layers\.(\d+)\."}
+# (config.json key, tensor names, axis): sizes the tensors must show
+SIZES = [
+    ("vocab_size", ("model.embed_tokens.weight",), 0),
+    ("hidden_size", ("model.embed_tokens.weight",), 1),
+    ("intermediate_size", ("model.layers.0.mlp.up_proj.weight",), 0),
+]
 
 # attnlab name -> Hugging Face name
 TOP_KEYS = {"tok.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
@@ -41,8 +64,8 @@ def _rope_theta(hf: dict) -> float:
 
 
 def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTConfig:
-    heads = hf["num_attention_heads"]
-    if hf.get("head_dim", hf["hidden_size"] // heads) != hf["hidden_size"] // heads:
+    heads, width = size_field(hf, "num_attention_heads"), size_field(hf, "hidden_size")
+    if hf.get("head_dim", width // heads) != width // heads:
         raise ValueError(
             "config.json: head_dim != hidden_size / num_attention_heads is not supported yet"
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from attnlab.convert.maps.common import encoder_fields, label_fields
+from attnlab.convert.maps.common import ENCODER_KEYS, encoder_fields, label_fields
 from attnlab.convert.maps.common import linear_keys as _linear
 from attnlab.models.vit import ViT, ViTConfig
 
@@ -15,6 +15,24 @@ MODEL = ViT
 IGNORED_SUFFIXES = ()
 ARCH = "ViTForImageClassification"
 PREFIX = "vit."
+
+# attnlab config field -> config.json key (errors about a field name the file's key)
+CONFIG_KEYS = {
+    **ENCODER_KEYS,
+    "image_size": "image_size",
+    "patch_size": "patch_size",
+    "channels": "num_channels",
+    "num_classes": "num_labels",
+}
+# config.json key of a layer count -> tensor names carrying the layer index
+LAYERS = {"num_hidden_layers": r"vit\.encoder\.layer\.(\d+)\."}
+# (config.json key, tensor names, axis): sizes the tensors must show
+SIZES = [
+    ("hidden_size", ("vit.embeddings.cls_token",), 2),
+    ("num_channels", ("vit.embeddings.patch_embeddings.projection.weight",), 1),
+    ("patch_size", ("vit.embeddings.patch_embeddings.projection.weight",), 2),
+    ("intermediate_size", ("vit.encoder.layer.0.intermediate.dense.weight",), 0),
+]
 
 
 # attnlab name -> Hugging Face name under ``vit.`` (cls and pos are reshaped, see below)

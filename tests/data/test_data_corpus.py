@@ -64,10 +64,36 @@ def test_text_file_and_folder(tmp_path):
     assert load_text(folder) == "first\n\nsecond\n\nthird\n"
 
 
-def test_undecodable_bytes_are_replaced(tmp_path):
+def test_text_that_is_not_utf8_is_an_error_naming_file_offset_line_and_fix(tmp_path):
     file = tmp_path / "latin1.txt"
-    file.write_bytes("caf\xe9 ok\n".encode("latin-1"))
-    assert load_text(file) == "caf\ufffd ok\n"
+    file.write_bytes("first line\nun caf\xe9 ok\n".encode("latin-1"))
+    with pytest.raises(ValueError) as e:
+        load_text(file)
+    message = str(e.value)
+    assert message.startswith(f"corpus: {file} is not valid UTF-8: byte e9 at byte offset 17 ")
+    assert "(line 2, column 7)" in message and "set encoding=" in message
+    assert "\n" not in message
+    assert load_text(file, encoding="latin-1") == "first line\nun caf\xe9 ok\n"
+    folder = tmp_path / "books"  # in a folder, the one bad file is named
+    folder.mkdir()
+    (folder / "a.txt").write_text("fine\n", encoding="utf-8")
+    (folder / "b.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(ValueError, match=r"b\.txt is not valid UTF-8: byte e9 at byte offset 3"):
+        load_text(folder)
+    with pytest.raises(ValueError, match=r"^encoding: expected a Python codec name .* 'utf-9'"):
+        load_text(file, encoding="utf-9")
+
+
+def test_byte_order_marks_are_read_not_kept(tmp_path):
+    text = "caf\xe9 \u2014 na\xefve\r\nsecond\n"
+    file = tmp_path / "bom.txt"
+    file.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert load_text(file) == "caf\xe9 \u2014 na\xefve\nsecond\n"
+    assert load_text(file, encoding="UTF-8") == "caf\xe9 \u2014 na\xefve\nsecond\n"
+    for codec in ("utf-16", "utf-16-be", "utf-32"):
+        bom = b"\xfe\xff" if codec == "utf-16-be" else b""
+        file.write_bytes(bom + text.encode(codec))  # "utf-16"/"utf-32" write their own BOM
+        assert load_text(file) == "caf\xe9 \u2014 na\xefve\nsecond\n", codec
 
 
 def test_unknown_name_suggests_the_closest():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from attnlab.data import stratified_split
@@ -37,8 +37,19 @@ def test_unlabelled_split():
 
 @given(st.lists(st.integers(0, 4), min_size=2, max_size=60), st.floats(0.05, 0.95), st.integers())
 def test_split_is_a_partition(labels, fraction, seed):
+    assume(len(set(labels)) < len(labels))  # a class of 2 or more; else see the test below
     train, test = stratified_split(labels, fraction, seed=seed % 2**32)
     assert sorted(np.concatenate([train, test]).tolist()) == list(range(len(labels)))
+    assert len(test) > 0 and len(train) > 0
+
+
+def test_classes_of_one_item_each_would_leave_test_empty():
+    expected = (
+        r"^labels: expected a class with at least 2 items, got 3 classes of one item each, "
+        r"which would leave the test split empty"
+    )
+    with pytest.raises(ValueError, match=expected):
+        stratified_split([4, 0, 2], 0.5)
 
 
 def test_errors():

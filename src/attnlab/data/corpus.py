@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from attnlab.data.assets import package_dir
+from attnlab.data.text_files import read_text
 
 __all__ = [
     "CORPORA",
@@ -50,13 +51,16 @@ class Verse(NamedTuple):
     text: str
 
 
-def load_text(source: str | os.PathLike) -> str:
+def load_text(source: str | os.PathLike, encoding: str | None = None) -> str:
     """The text of a corpus: a name of :data:`CORPORA`, a text file, or a folder (every ``*.txt``
     inside it, recursively, in sorted path order, joined by blank lines).
 
-    Files are read as UTF-8; bytes that are not valid UTF-8 become U+FFFD rather than failing.
-    Raises ValueError naming ``corpus`` for an unknown name, a missing path, or an empty file or
-    folder.
+    Files are decoded strictly (:func:`attnlab.data.text_files.read_text`): as UTF-8 when
+    ``encoding`` is None or "utf-8" (a byte-order mark is dropped; a file with a UTF-16 or UTF-32
+    byte-order mark is read in that encoding), otherwise in ``encoding`` (e.g. "latin-1"); line
+    ends become "\\n". The packaged corpora ignore ``encoding``. Raises ValueError naming
+    ``corpus`` for an unknown name, a missing path, an empty file or folder, or a file that does
+    not decode (with the byte offset and line), never replacing characters silently.
     """
     if isinstance(source, str) and source in CORPORA:
         return _shakespeare() if source == "shakespeare" else _kjv_text()
@@ -67,14 +71,14 @@ def load_text(source: str | os.PathLike) -> str:
         )
         if not files:
             raise ValueError(f"corpus: expected a folder holding .txt files, got {path} with none")
-        texts = [t for t in (_read(p).strip("\n") for p in files) if t.strip()]
+        texts = [t for t in (_read(p, encoding).strip("\n") for p in files) if t.strip()]
         if not texts:
             raise ValueError(
                 f"corpus: expected non-empty .txt files, got only empty ones in {path}"
             )
         return "\n\n".join(texts) + "\n"
     if path.is_file():
-        text = _read(path)
+        text = _read(path, encoding)
         if not text.strip():
             raise ValueError(f"corpus: expected a non-empty text file, got {path} (empty)")
         return text
@@ -137,8 +141,8 @@ def kjv_verses() -> list[Verse]:
 # ---- the packaged corpora -----------------------------------------------------------------------
 
 
-def _read(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
+def _read(path: Path, encoding: str | None = None) -> str:
+    return read_text(path, encoding, argument="corpus")
 
 
 def _shakespeare() -> str:

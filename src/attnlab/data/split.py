@@ -25,9 +25,11 @@ def stratified_split(
 
     Each class of ``n_c`` examples sends ``round(n_c * test_fraction)`` of them to test, but at
     least one and at most ``n_c - 1`` when ``n_c >= 2``, so both sides see every class that can be
-    split. Within a class, which examples go where is a permutation drawn from ``seed``; both
-    index arrays come back shuffled by the same seed (a trainer that forgets to shuffle still sees
-    the classes mixed). ``labels=None`` with ``n`` items is a plain random split.
+    split (a class of one example stays in train; labels whose classes all hold one example would
+    leave test empty, a ValueError). Within a class, which examples go where is a permutation
+    drawn from ``seed``; both index arrays come back shuffled by the same seed (a trainer that
+    forgets to shuffle still sees the classes mixed). ``labels=None`` with ``n`` items is a plain
+    random split.
 
     Same labels, fraction and seed -> the same indices, on every machine (NumPy's PCG64).
     """
@@ -52,6 +54,11 @@ def stratified_split(
             k = min(max(k, 1), len(members) - 1)
         test.append(members[:k])
         train.append(members[k:])
+    if not any(len(t) for t in test):
+        raise ValueError(
+            f"labels: expected a class with at least 2 items, got {len(y)} classes of one item "
+            "each, which would leave the test split empty"
+        )
     train_idx = rng.permutation(np.concatenate(train)).astype(np.int64)
     test_idx = rng.permutation(np.concatenate(test)).astype(np.int64)
     return train_idx, test_idx

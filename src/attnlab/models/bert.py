@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import MLP, Block, make_norm
 from attnlab.models import presets
+from attnlab.models.checks import check_flags, check_numbers, check_sizes
 from attnlab.models.output import (
     ModelOutput,
     StackOutput,
@@ -45,10 +46,16 @@ class BertConfig:
     dropout: float = 0.1  # embeddings, attention probabilities, residual branches
     head: str = "mlm"  # "none", "mlm", "nsp", "classify" or "token"
     num_labels: int = 2  # classes of the classify / token heads
+    labels: list[str] | None = None  # class names, by label index (len num_labels); None: unnamed
     pooler: bool = True  # the [CLS] pooler (masked-LM-only checkpoints come without it)
     backend: str = "auto"  # attention backend name
 
     def __post_init__(self) -> None:
+        check_sizes(self, "vocab_size", "max_len", "type_vocab_size", "n_layer", "n_head", "dim")
+        check_sizes(self, "hidden", "num_labels")
+        check_numbers(self, "norm_eps")
+        check_numbers(self, "dropout", high=1.0)
+        check_flags(self, "pooler")
         if self.head in ("nsp", "pretrain", "classify") and not self.pooler:
             raise ValueError(
                 f"pooler: the {self.head!r} head reads the pooled vector; expected pooler=True"
@@ -57,6 +64,18 @@ class BertConfig:
             raise ValueError(f"head: expected one of {', '.join(HEADS)}, got {self.head!r}")
         if self.dim % self.n_head:
             raise ValueError(f"dim: expected a multiple of n_head={self.n_head}, got {self.dim}")
+        if self.labels is not None:
+            names = self.labels
+            if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"labels: expected a list of str (class names), got {names!r}")
+            self.labels = list(names)  # a tuple or a JSON list alike, compared as a list
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError(f"labels: expected distinct class names, got {self.labels}")
+            if len(self.labels) != self.num_labels:
+                raise ValueError(
+                    f"labels: expected num_labels={self.num_labels} names (one per class), got "
+                    f"{len(self.labels)}: {self.labels}"
+                )
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> BertConfig:

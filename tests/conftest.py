@@ -1,6 +1,8 @@
 """Shared test settings: deterministic seeds, a fast hypothesis profile, GPU marker handling."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -28,3 +30,36 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+HOLD_LOCK = """
+import sys
+from attnlab.files import lock_dir
+with lock_dir(sys.argv[1], "train", argument="out_dir"):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def holder():
+    """``hold(directory)``: another process holding ``lock_dir(directory, "train")`` until the
+    test ends (or until killed: ``process.kill()``)."""
+    processes = []
+
+    def hold(directory):
+        process = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(directory)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        processes.append(process)
+        assert process.stdout.readline() == "locked\n"
+        return process
+
+    yield hold
+    for process in processes:
+        if process.poll() is None:
+            process.stdin.close()
+            process.wait(timeout=30)

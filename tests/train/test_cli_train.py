@@ -6,24 +6,16 @@ import json
 
 import pytest
 import torch
+from cli_helpers import one_line_error as _one_line_error
 from click.testing import CliRunner
 
 from attnlab.cli.main import cli
 from attnlab.train import checkpoint
-from attnlab.train.config import PRESETS, preset
+from attnlab.train.config import PRESETS, TASK_SETTINGS, preset
 
 
 def invoke(*args: str):
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def _one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("attnlab: error:")]
-    assert len(lines) == 1, result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture
@@ -38,7 +30,13 @@ def lm_run(tiny_lm, tmp_path):
 
 
 def test_train_leaves_checkpoint_metrics_plot_and_sample(lm_run):
-    for name in ("config.json", "metrics.jsonl", "loss.png", "sample.txt", "tokenizer/chars.json"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "loss.png",
+        "sample.txt",
+        "tokenizer/char_tokenizer.json",
+    ):
         assert (lm_run / name).is_file(), name
     assert (lm_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = [json.loads(line) for line in (lm_run / "metrics.jsonl").read_text().splitlines()]
@@ -75,9 +73,9 @@ def test_sample_eval_and_convert(lm_run, tmp_path):
         )  # fmt: skip
     from transformers import AutoTokenizer
 
-    from attnlab.train.tasks import load_run_tokenizer
+    import attnlab
 
-    chars = load_run_tokenizer(lm_run)
+    chars = attnlab.load(lm_run).tokenizer
     text = "line 12: the lazy fox\n"
     assert AutoTokenizer.from_pretrained(hf)(text)["input_ids"] == chars.encode(text)
     back = tmp_path / "back"
@@ -115,7 +113,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny_lm, tmp_path):
     _one_line_error(invoke(*base), "already holds checkpoints", "--resume")
     # A checkpoint of another model: the architecture differs from the run's.
     _one_line_error(invoke(*base, "model.dim=48", "--resume"), "does not match", "dim")
-    _one_line_error(invoke("sample", "--checkpoint", tmp_path / "nowhere"), "does not exist")
+    _one_line_error(invoke("sample", "--checkpoint", tmp_path / "nowhere"), "nowhere")
     _one_line_error(invoke("eval", "--checkpoint", tmp_path), "checkpoint")
 
 
@@ -153,10 +151,11 @@ def documents(tmp_path):
 
 def _smoke(tmp_path, name: str, *overrides: str):
     out = tmp_path / name
+    task = PRESETS[name]["task"]
+    short_eval = ["eval_batches=1"] if "eval_batches" in TASK_SETTINGS[task] else []
     result = invoke(
-        "train", "--preset", name, "max_steps=3", "eval_every=3", "batch_size=2",
-        "eval_batches=1", "--out", out, "--no-progress", f"cache_dir={tmp_path / 'cache'}",
-        *overrides,
+        "train", "--preset", name, "max_steps=3", "eval_every=3", "batch_size=2", *short_eval,
+        "--out", out, "--no-progress", f"cache_dir={tmp_path / 'cache'}", *overrides,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return out, result

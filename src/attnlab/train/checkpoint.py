@@ -29,7 +29,7 @@ from safetensors.torch import load_model as read_weights_into
 from safetensors.torch import save_model
 from torch import nn
 
-from attnlab.files import atomic_write_text
+from attnlab.files import atomic_write_text, follow_umask, reason
 
 PREFIX = "step-"
 
@@ -49,6 +49,19 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
     return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an attnlab training run: a ``config.json`` holding training settings
+    (its ``"train"`` key) or a ``checkpoints`` directory."""
+    path = Path(path)
+    if checkpoint_dir(path).is_dir():
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "train" in config
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -88,10 +101,13 @@ def save(
         for stale in root.glob(".tmp-*"):  # left by an interrupted save
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        follow_umask(tmp)  # mkdtemp makes it private (0o700)
         save_model(unwrap(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         torch.save(state, tmp / "state.pt")
         meta = {**meta, "step": step, **model_meta(unwrap(model))}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for file in tmp.iterdir():  # safetensors writes a private (0o600) file
+            follow_umask(file)
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -99,10 +115,12 @@ def save(
         tmp = None
         if is_best:
             atomic_write_text(root / "best.json", json.dumps({"name": final.name}) + "\n")
-    except OSError as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        # A full disk or a lost mount shows as OSError from Python's own writes, RuntimeError
+        # from torch.save ("PytorchStreamWriter failed writing file") and SafetensorError from
+        # safetensors: all of them are a write that failed, with nothing renamed into place.
         raise CheckpointError(
-            f"checkpoint: cannot write {final} ({exc.strerror or exc}); earlier checkpoints "
-            "are unchanged"
+            f"checkpoint: cannot write {final} ({reason(exc)}); earlier checkpoints are unchanged"
         ) from None
     finally:
         if tmp is not None:
@@ -139,8 +157,16 @@ def load_weights(model: nn.Module, path: Path) -> None:
     """Fill ``model`` from a checkpoint's weights; CheckpointError naming what does not fit."""
     meta = read_meta(path)
     ours = model_meta(unwrap(model))
-    if meta.get("family") != ours["family"] or meta.get("config") != ours["config"]:
-        diff = _config_diff(meta.get("config", {}), ours["config"])
+    # A config field added after a checkpoint was written is absent from its meta.json; the
+    # field's default is what that checkpoint's model had.
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(unwrap(model).config)
+        if f.default is not dataclasses.MISSING
+    }
+    theirs = {**defaults, **meta.get("config", {})}
+    if meta.get("family") != ours["family"] or theirs != ours["config"]:
+        diff = _config_diff(theirs, ours["config"])
         raise CheckpointError(
             f"checkpoint: {path} holds a {meta.get('family')} model that does not match this "
             f"run's {ours['family']} ({diff})"

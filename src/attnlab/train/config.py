@@ -2,38 +2,136 @@
 
 Every field can be overridden from the command line as ``key=value``; the value is parsed as the
 field's type (ints, floats, booleans, strings, or ``none`` for optional fields), and an unknown
-key is refused with the closest valid name. Fields of the model's own config are reached with a
-``model.`` prefix (``model.n_layer=6``) and checked against that config class.
+key is refused with the closest valid name (or the setting a common synonym stands for:
+``learning_rate`` -> ``lr``). Fields of the model's own config are reached with a ``model.``
+prefix (``model.n_layer=6``) and checked against that config class. A setting that the run's
+task does not read (``dataset=`` for ``vit``) is refused (:data:`TASK_SETTINGS`).
+
+Settings saved by a run (its ``config.json``, a checkpoint's ``meta.json``) are read back with
+:meth:`TrainConfig.from_dict`, which checks names and types against the dataclass.
+:func:`setting_groups` lists the settings with their types, defaults and the comments below,
+for ``attnlab train --help``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import os
+import re
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from attnlab.models.presets import closest
 
-TASKS = ("lm", "mlm", "classify", "translate", "vit")
+# The settings only some tasks read, by task; every setting not listed here is read by every
+# task (optimisation, runtime, checkpoints, logging, cache_dir). A task's registry entry and
+# this table change together: a setting set for a task that ignores it is an error, not a no-op.
+TASK_SETTINGS: dict[str, frozenset[str]] = {
+    "lm": frozenset(
+        {"corpus", "tokenizer", "vocab_size", "block_size", "eval_batches", "eval_batch_size"}
+        | {"sample_length", "prompt", "encoding"}
+    ),
+    "mlm": frozenset(
+        {"corpus", "tokenizer", "vocab_size", "block_size", "eval_batches", "encoding"}
+    ),
+    "classify": frozenset(
+        {"dataset", "tokenizer", "init_from", "block_size", "eval_batches", "encoding"}
+        | {"text_column", "label_column"}
+    ),
+    "translate": frozenset({"dataset", "tokenizer", "vocab_size", "block_size", "eval_batches"}),
+    "vit": frozenset(),  # digits at their own size; always scored on the whole test split
+}
+TASK_SPECIFIC = frozenset().union(*TASK_SETTINGS.values())
+
+# Settings that name a file or folder, with the names they take that are not paths.
+NAMED: dict[str, frozenset[str]] = {
+    "corpus": frozenset({"shakespeare", "kjv"}),
+    "dataset": frozenset({"bbc-news", "sentiment", "chichewa-english"}),
+    "tokenizer": frozenset({"char", "bpe", "minilm", "gpt2"}),
+    "init_from": frozenset({"minilm"}),
+    "cache_dir": frozenset(),
+}
+TASKS = tuple(TASK_SETTINGS)
+
+# Names used for the same settings elsewhere (nanoGPT, transformers, other trainers), pointed
+# to in the error for an unknown setting; difflib's similarity alone misses most of them.
+ALIASES = {
+    **dict.fromkeys(["learning_rate", "max_lr", "peak_lr", "base_lr"], "lr"),
+    **dict.fromkeys(["min_learning_rate", "lr_min", "final_lr"], "min_lr"),
+    **dict.fromkeys(
+        ["epochs", "num_epochs", "n_epochs", "steps", "num_steps", "max_iters", "iters"],
+        "max_steps",
+    ),
+    **dict.fromkeys(["total_steps", "train_steps", "iterations", "lr_decay_iters"], "max_steps"),
+    **dict.fromkeys(["bs", "batch", "train_batch_size", "micro_batch_size"], "batch_size"),
+    **dict.fromkeys(
+        ["seq_len", "seq_length", "context", "context_length", "ctx_len", "max_seq_len"],
+        "block_size",
+    ),
+    **dict.fromkeys(["warmup", "warmup_iters", "num_warmup_steps"], "warmup_steps"),
+    **dict.fromkeys(["wd"], "weight_decay"),
+    **dict.fromkeys(["clip", "max_grad_norm", "gradient_clip", "clip_grad"], "grad_clip"),
+    **dict.fromkeys(
+        ["gradient_accumulation_steps", "accumulate", "accum_steps", "grad_accum_steps"],
+        "grad_accum",
+    ),
+    **dict.fromkeys(["eval_interval", "eval_steps", "val_every"], "eval_every"),
+    **dict.fromkeys(["eval_iters", "val_batches"], "eval_batches"),
+    **dict.fromkeys(["log_interval", "logging_steps", "print_every"], "log_every"),
+    **dict.fromkeys(["output_dir", "out", "output", "run_dir", "save_dir"], "out_dir"),
+    **dict.fromkeys(["budget", "time_limit", "max_time", "seconds"], "time_budget"),
+    **dict.fromkeys(["num_threads", "n_threads", "torch_threads"], "threads"),
+    **dict.fromkeys(["dtype", "amp", "mixed_precision"], "precision"),
+    **dict.fromkeys(["attention", "attn_backend", "attn_implementation"], "backend"),
+    **dict.fromkeys(["random_seed", "rng_seed"], "seed"),
+    **dict.fromkeys(["vocab"], "vocab_size"),
+    **dict.fromkeys(["pretrained", "checkpoint", "from_pretrained"], "init_from"),
+    **dict.fromkeys(["text", "data", "data_file", "input_file"], "corpus"),
+    **dict.fromkeys(["n_samples", "num_samples", "max_new_tokens"], "sample_length"),
+}
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` for the setting ``name`` most likely stands for (a known synonym,
+    a similar spelling, or a name it is part of), or ``""``."""
+    choices = list(choices)
+    if ALIASES.get(name) in choices:
+        return f" (did you mean {ALIASES[name]!r}?)"
+    match = difflib.get_close_matches(name, choices, n=1)
+    if not match and len(name) >= 3:  # "warmup" for "warmup_steps", "budget" ...
+        match = [c for c in choices if name in c or (len(c) >= 3 and c in name)][:1]
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 @dataclass
 class TrainConfig:
+    """The settings of a training run. A comment-only line after a blank line names a group of
+    settings, one after a field continues its help (both shown by ``attnlab train --help``)."""
+
     # what to train
     task: str = "lm"  # "lm", "mlm" (BERT MLM + NSP), "classify", "translate" or "vit"
     model: str = "gpt2"  # model preset (see `attnlab info`) the run starts from
     model_overrides: dict[str, Any] = field(default_factory=dict)  # model.KEY=VALUE fields
     init_from: str | None = None  # checkpoint (HF directory, GGUF, "minilm") to fine-tune
+
     # data
     corpus: str = "shakespeare"  # "shakespeare", "kjv", a text file or a folder (lm, mlm)
     dataset: str = "bbc-news"  # classify: bbc-news, sentiment, a folder or CSV; translate:
     # chichewa-english or a TSV file of sentence pairs
+    encoding: str = "utf-8"  # text encoding of corpus and dataset files (a BOM is honoured)
+    text_column: str = "text"  # classify: the CSV column holding the text
+    label_column: str = "label"  # classify: the CSV column holding the label name
     tokenizer: str = "char"  # "char", "bpe" (trained on the corpus) or a tokenizer path
     vocab_size: int = 4096  # BPE vocabulary trained for tokenizer="bpe"
     val_fraction: float = 0.1  # share of the corpus held out (lm), or of examples (others)
     cache_dir: str = ".cache/attnlab"  # tokenised corpora, keyed by corpus and tokenizer
+
     # optimisation
     batch_size: int = 12  # sequences per optimiser step (per micro-batch with grad_accum)
     block_size: int = 64  # tokens per sequence
@@ -47,6 +145,7 @@ class TrainConfig:
     beta2: float = 0.99  # AdamW beta2
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     dropout: float | None = None  # overrides the model's dropout when set
+
     # runtime
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA that supports it), "fp32", "bf16"
@@ -54,14 +153,16 @@ class TrainConfig:
     backend: str = "auto"  # attention backend
     threads: int = 0  # CPU threads for torch (0 = torch's default)
     seed: int = 1337  # initialisation, data order and dropout
+
     # evaluation, checkpoints, logging
     eval_every: int = 250  # steps between evaluations (and checkpoints)
     eval_batches: int = 20  # batches per evaluation (0 = the whole validation set)
     eval_batch_size: int = 0  # sequences per evaluation batch (0 = batch_size)
     keep_last: int = 2  # checkpoints kept besides the best
-    log_every: int = 10  # steps between metric lines
+    log_every: int = 10  # steps between metric lines (and progress lines without a terminal)
     out_dir: str = "runs/default"  # where checkpoints, metrics and plots go
-    time_budget: float | None = None  # seconds; the schedule is fitted to end within it
+    time_budget: float | None = None  # seconds for training and its evaluations, the final one
+    # included (one at step 0 times them; the final sample is extra); the schedule follows it
     sample_length: int = 500  # characters/tokens sampled at the end of an LM run
     prompt: str = "\n"  # prompt of the final sample
 
@@ -71,7 +172,14 @@ class TrainConfig:
                 f"task: expected one of {', '.join(TASKS)}, got {self.task!r}"
                 f"{closest(self.task, list(TASKS))}"
             )
-        for name in ("batch_size", "block_size", "grad_accum", "max_steps", "eval_every"):
+        for name in (
+            "batch_size",
+            "block_size",
+            "grad_accum",
+            "max_steps",
+            "eval_every",
+            "log_every",
+        ):
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value}")
@@ -100,6 +208,51 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def with_absolute_paths(self, base: str | os.PathLike | None = None) -> TrainConfig:
+        """These settings with every file or folder they name (corpus, dataset, tokenizer,
+        init_from, cache_dir) made absolute against ``base`` (the working directory), so a run
+        works from any directory; named data ("shakespeare", "bbc-news", "minilm", ...) stays."""
+        base = Path(base or Path.cwd())
+        values = self.to_dict()
+        for key, names in NAMED.items():
+            value = values[key]
+            if value is None or value in names or Path(value).is_absolute():
+                continue
+            path = base / value
+            if key == "cache_dir" or path.exists():
+                values[key] = str(path.resolve())
+        return TrainConfig(**values)
+
+    @classmethod
+    def from_dict(
+        cls, values: Mapping[str, Any], *, source: str | os.PathLike = "settings"
+    ) -> TrainConfig:
+        """The settings ``values`` as saved by a run (``config.json``'s ``"train"``, a
+        checkpoint's ``meta.json``), checked: an unknown key or a value of the wrong type is a
+        ValueError / TypeError naming ``source``, the key, what was expected and what was
+        found; a missing key (a setting newer than the file) takes its default.
+        ``model_overrides`` is checked against the fields of the model's config class."""
+        if not isinstance(values, Mapping):
+            raise TypeError(
+                f"{source}: expected an object of training settings, got {_kind(values)}"
+            )
+        hints = typing.get_type_hints(cls)
+        checked = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise ValueError(f"{source}: {key}: not a training setting{suggest(key, hints)}")
+            try:
+                checked[key] = check_value(value, hints[key], key)
+            except TypeError as exc:
+                raise TypeError(f"{source}: {exc}") from None
+        model = checked.get("model", cls.model)
+        try:
+            if "model_overrides" in checked:
+                checked["model_overrides"] = _check_model_fields(checked["model_overrides"], model)
+            return cls(**checked)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{source}: {exc}") from None
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -273,6 +426,119 @@ def parse_value(text: str, annotation, key: str) -> Any:
     raise ValueError(f"{key}: cannot be set from the command line (type {kind})")
 
 
+def check_value(value: Any, annotation, key: str) -> Any:
+    """``value`` read from JSON if it has the type ``annotation`` (a float field takes an int
+    and gets a float; a bool is not an int); TypeError naming ``key``, the type expected and
+    the value found otherwise. Types it cannot check (``Any``) pass unchanged."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return check_value(value, option, key)
+            except TypeError:
+                pass
+        ok = False
+    elif annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            return float(value)
+    elif annotation is str:
+        ok = isinstance(value, str)
+    elif origin is dict or annotation is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    elif origin in (list, tuple) or annotation in (list, tuple):
+        ok = isinstance(value, list | tuple)
+        if ok:
+            return (tuple if (origin or annotation) is tuple else list)(value)
+    elif origin is typing.Literal:
+        ok = value in args
+    else:
+        return value
+    if not ok:
+        raise TypeError(
+            f"{key}: expected {type_phrase(annotation)}, got {value!r} ({_kind(value)})"
+        )
+    return value
+
+
+def type_phrase(annotation) -> str:
+    """``annotation`` in words: "an int", "a float or null", "a boolean (true/false)"."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        words = [type_phrase(a) for a in args if a is not type(None)]
+        if type(None) in args:
+            words.append("null")
+        return " or ".join(words)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    names = {
+        bool: "a boolean (true/false)",
+        int: "an int",
+        float: "a float",
+        str: "a string",
+        dict: "an object (JSON {...})",
+        list: "a list",
+        tuple: "a list",
+    }
+    return names.get(origin or annotation, str(annotation))
+
+
+def _kind(value: Any) -> str:
+    """The JSON kind of ``value``, for error messages."""
+    if value is None:
+        return "null"
+    kinds = {bool: "boolean", int: "int", float: "float", str: "string", dict: "object"}
+    return kinds.get(
+        type(value), "list" if isinstance(value, list | tuple) else type(value).__name__
+    )
+
+
+def _check_model_fields(overrides: dict[str, Any], model: str) -> dict[str, Any]:
+    """``model_overrides`` checked against the config class of model preset ``model``."""
+    from attnlab.models import config_class
+
+    config_cls = config_class(model)
+    hints = typing.get_type_hints(config_cls)
+    names = [f.name for f in dataclasses.fields(config_cls) if f.init]
+    checked = {}
+    for name, value in overrides.items():
+        if name not in names:
+            raise ValueError(
+                f"model_overrides: {name}: not a field of {config_cls.__name__}"
+                f"{suggest(name, names)}"
+            )
+        checked[name] = check_value(value, hints[name], f"model_overrides.{name}")
+    return checked
+
+
+def check_task_settings(task: str, keys: Iterable[str]) -> None:
+    """ValueError for the first of ``keys`` (settings the user set) that task ``task`` does not
+    read (see :data:`TASK_SETTINGS`)."""
+    reads = TASK_SETTINGS.get(task, frozenset())
+    for key in keys:
+        if key in TASK_SPECIFIC and key not in reads:
+            users = [t for t, names in TASK_SETTINGS.items() if key in names]
+            raise ValueError(
+                f"{key}: not used by task {task!r} (only by {', '.join(users)}); remove it"
+            )
+
+
+def split_override(item: str) -> tuple[str, str]:
+    """``"key=value"`` as ``(key, value)``, the key normalised (``--max-steps`` ->
+    ``max_steps``); ValueError for a string without ``=``."""
+    key, sep, text = item.partition("=")
+    key = key.strip().removeprefix("--").replace("-", "_")
+    if not sep or not key:
+        raise ValueError(f"override: expected key=value, got {item!r}")
+    return key, text
+
+
 def apply_overrides(
     config: TrainConfig, overrides: list[str], model_config_cls=None
 ) -> TrainConfig:
@@ -286,26 +552,101 @@ def apply_overrides(
         hints = typing.get_type_hints(model_config_cls)
         model_fields = {f.name: hints[f.name] for f in dataclasses.fields(model_config_cls)}
     model_overrides = dict(values["model_overrides"])
+    changed = []
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip().removeprefix("--").replace("-", "_")
-        if not sep or not key:
-            raise ValueError(f"override: expected key=value, got {item!r}")
+        key, text = split_override(item)
         if key.startswith("model."):
             name = key.removeprefix("model.")
             if model_fields is not None and name not in model_fields:
                 raise ValueError(
-                    f"{key}: not a field of the model config{closest(name, list(model_fields))}"
+                    f"{key}: not a field of the model config{suggest(name, model_fields)}"
                 )
             kind = model_fields[name] if model_fields is not None else str
             model_overrides[name] = parse_value(text, kind, key)
         elif key in settable:
             values[key] = parse_value(text, train_fields[key], key)
+            changed.append(key)
         else:
             if model_fields and key in model_fields:
                 hint = f" (did you mean 'model.{key}'? model fields take a model. prefix)"
             else:
-                hint = closest(key, settable)
+                hint = suggest(key, settable)
             raise ValueError(f"{key}: not a training setting{hint}")
     values["model_overrides"] = model_overrides
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    check_task_settings(config.task, changed)
+    return config
+
+
+# -- help ----------------------------------------------------------------------------------------
+
+_FIELD_LINE = re.compile(r"(\w+): .+? = .+?(?:  # (.*))?$")
+
+
+def setting_groups() -> list[tuple[str, list[tuple[str, str]]]]:
+    """The settings ``key=value`` can set, for help texts: ``[(group, [(term, help), ...])]``
+    with terms such as ``lr=FLOAT`` and help such as ``peak learning rate [default: 0.001]``,
+    grouped and worded as the comments of :class:`TrainConfig` (types and defaults only when
+    its source is not available)."""
+    hints = typing.get_type_hints(TrainConfig)
+    helps, groups = _comments()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model_overrides":  # set as model.KEY=VALUE
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = helps.get(f.name, "")
+        text = f"{text} [default: {_shown(default)}]".strip()
+        out.setdefault(groups.get(f.name, "settings"), []).append(
+            (f"{f.name}={_metavar(hints[f.name])}", text)
+        )
+    return list(out.items())
+
+
+def _comments() -> tuple[dict[str, str], dict[str, str]]:
+    """Each field's comment and group heading, read from the source of :class:`TrainConfig`."""
+    try:
+        lines = inspect.getsource(TrainConfig).splitlines()
+    except (OSError, TypeError):  # no source shipped
+        return {}, {}
+    helps: dict[str, str] = {}
+    groups: dict[str, str] = {}
+    group, last = "settings", None
+    for line in lines:
+        text = line.strip()
+        if text.startswith("def "):
+            break
+        if text.startswith("#"):
+            comment = text.lstrip("#").strip()
+            if last is not None:
+                helps[last] += " " + comment
+            else:
+                group = comment
+            continue
+        match = _FIELD_LINE.match(text) if line.startswith("    ") else None
+        if match and match.group(1) in TrainConfig.__dataclass_fields__:
+            last = match.group(1)
+            helps[last], groups[last] = match.group(2) or "", group
+        else:  # a blank line, the docstring, the class line
+            last = None
+    return helps, groups
+
+
+def _metavar(annotation) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return "|".join(_metavar(a) for a in args if a is not type(None)) + (
+            "|none" if type(None) in args else ""
+        )
+    names = {bool: "BOOL", int: "INT", float: "FLOAT", str: "TEXT"}
+    return names.get(annotation, "VALUE")
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str) and (not value or not value.isprintable() or " " in value):
+        return repr(value)
+    return str(value)

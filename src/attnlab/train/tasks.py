@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,29 +68,10 @@ def make_tokenizer(config: TrainConfig, text: str | None):
 
 
 def save_tokenizer(tokenizer, run_dir: Path) -> str:
-    """Store ``tokenizer`` in ``run_dir/tokenizer``; returns the reference kept in checkpoints."""
-    from attnlab.data.chars import CharTokenizer
-
-    directory = Path(run_dir) / "tokenizer"
-    directory.mkdir(parents=True, exist_ok=True)
-    if isinstance(tokenizer, CharTokenizer):
-        tokenizer.save(directory / "chars.json")
-    else:
-        tokenizer.save(directory)
+    """Store ``tokenizer`` in ``run_dir/tokenizer`` in the one format of its kind (``save``);
+    returns the reference kept in checkpoints. :func:`attnlab.load` reads it back."""
+    tokenizer.save(Path(run_dir) / "tokenizer")
     return "tokenizer"
-
-
-def load_run_tokenizer(run_dir: Path):
-    """The tokenizer a run stored (see :func:`save_tokenizer`), or None."""
-    from attnlab import tokenizers
-    from attnlab.data.chars import CharTokenizer
-
-    directory = Path(run_dir) / "tokenizer"
-    if (directory / "chars.json").is_file():
-        return CharTokenizer.load(directory / "chars.json")
-    if (directory / "tokenizer.json").is_file():
-        return tokenizers.load(directory)
-    return None
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -114,6 +96,7 @@ class Task:
 
     metric = "val_loss"  # the evaluation metric that picks the best checkpoint
     higher_is_better = False
+    summary: str | None = None  # what the run trains on, for the command line to print
     tokenizer: Any = None
     tokenizer_ref: str | None = None
 
@@ -188,14 +171,24 @@ class EpochSampler:
 class LMTask(Task):
     """Next-token prediction on random windows of a token stream (nanoGPT's recipe)."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, model=None, tokenizer=None) -> None:
         from attnlab.data.corpus import load_text
         from attnlab.data.stream import TokenStream
 
-        text = load_text(config.corpus)
-        tokenizer = make_tokenizer(config, text)
+        text = load_text(config.corpus, config.encoding)
+        if tokenizer is None:
+            tokenizer = make_tokenizer(config, text)
+        # Checked before any training: a prompt the vocabulary cannot spell fails now, not
+        # after the whole run when the final sample is drawn.
+        self.prompt_ids = _prompt_ids(config, tokenizer, text) if config.sample_length else None
         self.stream = TokenStream.build(text, tokenizer, config.cache_dir, config.val_fraction)
-        model = build_model(config, vocab_size=tokenizer.vocab_size, max_len=config.block_size)
+        if model is None:
+            model = build_model(config, vocab_size=tokenizer.vocab_size, max_len=config.block_size)
+        elif config.block_size > model.config.max_len:
+            raise ValueError(
+                f"block_size: expected at most the model's context of {model.config.max_len}, "
+                f"got {config.block_size}"
+            )
         super().__init__(config, model)
         self.tokenizer = tokenizer
         if len(self.stream.val) <= config.block_size:
@@ -232,13 +225,42 @@ class LMTask(Task):
         from attnlab.files import atomic_write_text
         from attnlab.generate import generate
 
-        prompt_ids = self.tokenizer.encode(c.prompt) or [0]
+        prompt_ids = self.prompt_ids
         prompt = torch.tensor([prompt_ids], device=device)
         g = torch.Generator(device=device).manual_seed(c.seed)
         out = generate(model, prompt, c.sample_length, temperature=0.8, top_k=200, generator=g)
         text = self.tokenizer.decode(out[0, len(prompt_ids) :].tolist())
         atomic_write_text(Path(run_dir) / "sample.txt", text)
         return text
+
+
+def _prompt_ids(config: TrainConfig, tokenizer, text: str) -> list[int]:
+    """The ids of the final sample's prompt (the first token when it encodes to none); a
+    ValueError naming ``prompt`` and the characters the run's vocabulary lacks otherwise."""
+    try:
+        return tokenizer.encode(config.prompt) or [0]
+    except ValueError as exc:
+        error = exc
+    missing = []
+    for ch in dict.fromkeys(config.prompt):
+        try:
+            tokenizer.encode(ch)
+        except ValueError:
+            missing.append(ch)
+    if not missing:
+        raise ValueError(f"prompt: {config.prompt!r} cannot be encoded ({error})") from None
+    from attnlab.data.chars import CharTokenizer
+
+    kind = "characters" if isinstance(tokenizer, CharTokenizer) else "tokens"
+    words = (m.group()[:20] for m in re.finditer(r"\S+", text))
+    word = next((w for w in words if not set(w) & set(missing)), None)
+    example = f" (for example prompt={word})" if word else ""
+    raise ValueError(
+        f"prompt: character{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} "
+        f"{'are' if len(missing) > 1 else 'is'} not in the vocabulary of {tokenizer.vocab_size} "
+        f"{kind} of corpus {config.corpus}; set prompt= to text made of the corpus's "
+        f"characters{example}"
+    ) from None
 
 
 # -- classification ------------------------------------------------------------------------------
@@ -249,30 +271,41 @@ def _accuracy(logits: Tensor, labels: Tensor) -> tuple[int, int]:
 
 
 class ClassifyTask(Task):
-    """BERT sequence classification (fine-tuning the packaged MiniLM by default)."""
+    """BERT sequence classification (fine-tuning the packaged MiniLM by default).
+
+    Label ``i`` is the ``i``-th label name in sorted order (the data loaders number them so); the
+    names travel with the model as ``BertConfig.labels``, into checkpoints and into the
+    ``id2label`` of an exported Hugging Face config. :attr:`summary` states the order.
+    """
 
     metric, higher_is_better = "accuracy", True
 
-    def __init__(self, config: TrainConfig) -> None:
-        data = _classification_data(config.dataset)
+    def __init__(self, config: TrainConfig, model=None, tokenizer=None) -> None:
+        data = _classification_data(config)
+        # split() refuses data that cannot train and score a classifier (one label, a label
+        # with a single example), so neither side below is empty.
         train, test = data.split(config.val_fraction or 0.2, seed=0)
         self.train_set, self.test_set = train, test
         self.labels = data.label_names
-        tokenizer = make_tokenizer(config, None)
-        model = _classifier(config, tokenizer, len(self.labels))
+        if tokenizer is None:
+            tokenizer = make_tokenizer(config, None)
+        if model is None:
+            model = _classifier(config, tokenizer, self.labels)
+        else:
+            _check_labels(model, self.labels, data.source or config.dataset)
         super().__init__(config, model)
         self.tokenizer = tokenizer
         self.sampler = EpochSampler(len(train.texts), config.seed)
+        order = ", ".join(f"{i} {name}" for i, name in enumerate(self.labels))
+        self.summary = (
+            f"labels (sorted by name, by index): {order}; {len(train)} training and "
+            f"{len(test)} test examples from {data.source or config.dataset}"
+        )
 
     def _encode(self, texts: list[str]) -> dict[str, Tensor]:
-        ids, mask = self.tokenizer.encode_batch(texts)
-        t = self.config.block_size
-        if ids.shape[1] > t:  # keep [CLS] ... and end with [SEP]
-            sep = self.tokenizer.token_to_id("[SEP]")
-            ids, mask = ids[:, :t].clone(), mask[:, :t].clone()
-            if sep is not None:
-                ids[:, -1] = torch.where(mask[:, -1].bool(), sep, ids[:, -1])
-        return {"input_ids": ids, "attention_mask": mask}
+        from attnlab.data.classify import encode_texts
+
+        return encode_texts(self.tokenizer, texts, self.config.block_size)
 
     def train_batch(self, generator):
         index = self.sampler.take(self.config.batch_size).tolist()
@@ -288,6 +321,8 @@ class ClassifyTask(Task):
         right = seen = 0
         loss_sum = 0.0
         texts, labels = self.test_set.texts, self.test_set.labels
+        if not texts:  # split() prevents it; an empty test set must never score 0/0
+            raise ValueError(f"dataset: the test split of {c.dataset} is empty")
         n_batches = math.ceil(len(texts) / c.batch_size)
         if c.eval_batches:
             n_batches = min(n_batches, c.eval_batches)
@@ -308,26 +343,53 @@ class ClassifyTask(Task):
         self.sampler.load_state(state["sampler"])
 
 
-def _classification_data(name: str):
+def _check_labels(model: nn.Module, labels: list[str], source) -> None:
+    """A trained classifier scores a data set only with the same classes in the same order."""
+    named = getattr(model.config, "labels", None)
+    expected = named or [f"LABEL_{i}" for i in range(model.config.num_labels)]
+    if getattr(model.config, "head", None) != "classify" or len(expected) != len(labels):
+        raise ValueError(
+            f"dataset: {source} has {len(labels)} labels ({', '.join(labels)}), but the model "
+            f"classifies into {len(expected)} ({', '.join(expected)})"
+        )
+    if named and list(named) != list(labels):
+        raise ValueError(
+            f"dataset: {source} has the labels {', '.join(labels)}, but the model was trained on "
+            f"{', '.join(named)}"
+        )
+
+
+def _classification_data(config: TrainConfig):
+    """The labelled texts ``config.dataset`` names: "bbc-news", "sentiment", a folder with one
+    sub-folder per label, or a CSV file (columns ``text_column`` and ``label_column``, decoded
+    as ``encoding``)."""
     from attnlab.data import classify
 
+    name = config.dataset
     if name == "bbc-news":
         return classify.bbc_news()
     if name == "sentiment":
         return classify.sentiment()
+    encoding = config.encoding
     path = Path(name)
     if path.is_dir():
-        return classify.from_folder(path)
+        return classify.from_folder(path, encoding=encoding)
     if path.suffix.lower() == ".csv" and path.is_file():
-        return classify.from_csv(path, "text", "label")
+        return classify.from_csv(
+            path,
+            config.text_column,
+            config.label_column,
+            encoding=encoding,
+        )
     raise ValueError(
         f"dataset: expected bbc-news, sentiment, a folder per label or a .csv file, got {name!r}"
     )
 
 
-def _classifier(config: TrainConfig, tokenizer, num_labels: int) -> nn.Module:
-    """A BERT with a fresh classification head; its encoder from ``init_from`` when given."""
-    fields = {"head": "classify", "num_labels": num_labels}
+def _classifier(config: TrainConfig, tokenizer, labels: list[str]) -> nn.Module:
+    """A BERT with a fresh classification head for the class names ``labels`` (by index); its
+    encoder from ``init_from`` when given."""
+    fields = {"head": "classify", "num_labels": len(labels), "labels": list(labels)}
     if config.init_from is None:
         return build_model(
             config, vocab_size=tokenizer.vocab_size, max_len=config.block_size, **fields
@@ -366,7 +428,7 @@ class VitTask(Task):
 
     metric, higher_is_better = "accuracy", True
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, model=None, tokenizer=None) -> None:
         from attnlab.data.digits import digits
         from attnlab.data.split import stratified_split
 
@@ -374,8 +436,7 @@ class VitTask(Task):
         train, test = stratified_split(labels, config.val_fraction or 0.2, seed=0)
         self.train_x, self.train_y = images[train], labels[train]
         self.test_x, self.test_y = images[test], labels[test]
-        model = build_model(config)
-        super().__init__(config, model)
+        super().__init__(config, build_model(config) if model is None else model)
         self.sampler = EpochSampler(len(train), config.seed)
 
     def train_batch(self, generator):
@@ -414,17 +475,24 @@ class VitTask(Task):
 class MLMTask(Task):
     """Masked-LM (15 %, 80/10/10) plus next-sentence prediction on a corpus's documents."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, model=None, tokenizer=None) -> None:
         from attnlab.data.corpus import load_text
         from attnlab.data.mlm import MLMData
 
-        text = load_text(config.corpus)
+        text = load_text(config.corpus, config.encoding)
         documents = [d for d in text.split("\n\n") if d.strip()]
         n_val = max(1, int(len(documents) * config.val_fraction)) if len(documents) > 1 else 0
-        tokenizer = make_tokenizer(config, text)
+        if tokenizer is None:
+            tokenizer = make_tokenizer(config, text)
         train_docs = documents[: len(documents) - n_val]
         val_docs = documents[len(documents) - n_val :] or train_docs
         head = "pretrain" if len(train_docs) > 1 else "mlm"
+        if model is not None:
+            head = model.config.head
+            if head not in ("mlm", "pretrain"):
+                raise ValueError(
+                    f"task: 'mlm' needs a BERT with a masked-LM head, got head={head!r}"
+                )
         self.train_data = MLMData(train_docs, tokenizer, config.block_size, nsp=head == "pretrain")
         self.val_data = MLMData(
             val_docs if len(val_docs) > 1 else train_docs,
@@ -432,9 +500,10 @@ class MLMTask(Task):
             config.block_size,
             nsp=head == "pretrain",
         )
-        model = build_model(
-            config, vocab_size=tokenizer.vocab_size, max_len=config.block_size, head=head
-        )
+        if model is None:
+            model = build_model(
+                config, vocab_size=tokenizer.vocab_size, max_len=config.block_size, head=head
+            )
         super().__init__(config, model)
         self.tokenizer = tokenizer
 
@@ -475,7 +544,7 @@ class TranslateTask(Task):
     metric, higher_is_better = "bleu", True
     SPECIALS = ("<pad>", "<s>", "</s>")
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, model=None, tokenizer=None) -> None:
         from attnlab.data.bpe import train_bpe
         from attnlab.data.pairs import SentencePairs
 
@@ -489,24 +558,25 @@ class TranslateTask(Task):
                 f"{config.dataset!r}"
             )
         self.train_set, self.test_set = pairs.split(config.val_fraction or 0.02, seed=0)
-        if config.tokenizer == "bpe":
+        if tokenizer is None and config.tokenizer == "bpe":
             text = "\n".join(self.train_set.sources + self.train_set.targets)
             tokenizer = train_bpe(text, config.vocab_size, special_tokens=self.SPECIALS)
-        else:
+        elif tokenizer is None:
             tokenizer = make_tokenizer(config, None)
         ids = {t: tokenizer.token_to_id(t) for t in self.SPECIALS}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
             raise ValueError(f"tokenizer: expected the special tokens {missing} for translation")
         self.pad_id, self.bos_id, self.eos_id = (ids[t] for t in self.SPECIALS)
-        model = build_model(
-            config,
-            vocab_size=tokenizer.vocab_size,
-            max_len=config.block_size + 1,
-            pad_id=self.pad_id,
-            bos_id=self.bos_id,
-            eos_id=self.eos_id,
-        )
+        if model is None:
+            model = build_model(
+                config,
+                vocab_size=tokenizer.vocab_size,
+                max_len=config.block_size + 1,
+                pad_id=self.pad_id,
+                bos_id=self.bos_id,
+                eos_id=self.eos_id,
+            )
         super().__init__(config, model)
         self.tokenizer = tokenizer
         self.sampler = EpochSampler(len(self.train_set), config.seed)
@@ -579,5 +649,21 @@ TASKS = {
 }
 
 
-def make_task(config: TrainConfig) -> Task:
-    return TASKS[config.task](config)
+def make_task(config: TrainConfig, *, model: nn.Module | None = None, tokenizer=None) -> Task:
+    """The task of ``config``; it builds its model and tokenizer from the settings unless
+    ``model`` / ``tokenizer`` are given (a loaded checkpoint to evaluate)."""
+    return TASKS[config.task](config, model=model, tokenizer=tokenizer)
+
+
+# The task that scores a model of each family when no training settings say otherwise.
+DEFAULT_TASKS = {"GPT": "lm", "BERT": "mlm", "EncoderDecoder": "translate", "ViT": "vit"}
+
+
+def default_task(model: nn.Module) -> str:
+    """The task that evaluates ``model`` by default: language modelling for GPT, masked LM (or
+    classification, for a classifier head) for BERT, translation, image classification."""
+    from attnlab.models import family_name
+
+    if getattr(model.config, "head", None) == "classify":
+        return "classify"
+    return DEFAULT_TASKS[family_name(model)]

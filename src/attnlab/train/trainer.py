@@ -2,24 +2,31 @@
 
 AdamW with decay on matrices only, linear warm-up then cosine decay, gradient clipping and
 accumulation, bf16 autocast on GPUs that are fast at it, optional ``torch.compile``; evaluation
-and an atomic checkpoint every ``eval_every`` steps (the last ``keep_last`` kept, plus the best);
-metrics in ``metrics.jsonl``, a loss curve in ``loss.png`` and a progress bar with loss, tokens
-per second and time left.
+and an atomic checkpoint every ``eval_every`` steps (the last ``keep_last`` kept, plus the best).
+The loop itself is short; the parts live beside it: :class:`~attnlab.train.schedule.Schedule`
+(the learning rate), :class:`~attnlab.train.budget.Pace` and
+:class:`~attnlab.train.budget.Budget` (speed, time left, the schedule refitted to a time
+budget), :class:`~attnlab.train.runlog.RunLog` (metrics.jsonl, progress bar or plain lines,
+loss plot) and :mod:`~attnlab.train.checkpoint`.
+
+A run directory has one writer at a time (:func:`attnlab.files.lock_dir`); a new run refuses a
+directory that holds anything but an attnlab run, and a run that fails before its first
+checkpoint removes what it wrote.
 
 Runs are deterministic: batches come from a ``torch.Generator`` whose state is checkpointed with
-the model, the optimiser and the global RNG, so ``resume=True`` continues exactly where the
-interrupted run was, and its final weights equal those of a run that was never stopped.
+the model, the optimiser, the schedule and the global RNG, so ``resume=True`` continues exactly
+where the interrupted run was, and its final weights equal those of a run that was never stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import random
+import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +34,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnlab.files import atomic_write_text
+from attnlab.files import LOCK_NAME, atomic_write_text, lock_dir, writing
 from attnlab.train import checkpoint
+from attnlab.train.budget import Budget, Pace
 from attnlab.train.config import TrainConfig
+from attnlab.train.runlog import RunLog, plot_losses, truncate_metrics
+from attnlab.train.schedule import Schedule, lr_at
 
 
 @dataclass
@@ -41,21 +51,6 @@ class RunResult:
     elapsed: float  # seconds of this process's training
     sample: str | None = None  # text sampled at the end (language models)
     history: list[dict[str, Any]] = field(default_factory=list)  # evaluations of this process
-
-
-def lr_at(step: int, config: TrainConfig, total: int) -> float:
-    """Learning rate of optimiser step ``step`` (0-based): linear warm-up to ``lr`` over
-    ``warmup_steps`` (at most a fifth of a schedule shortened to fit a time budget), then
-    cosine decay to ``min_lr`` at step ``total``."""
-    warmup = min(config.warmup_steps, total)
-    if total < config.max_steps:  # the schedule was shortened to fit a time budget
-        warmup = min(warmup, max(1, total // 5))
-    if step < warmup:
-        return config.lr * (step + 1) / (warmup + 1)
-    if step >= total:
-        return config.min_lr
-    progress = (step - warmup) / max(1, total - warmup)
-    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device):
@@ -76,6 +71,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` ("auto", "cpu", "cuda", "cuda:1") names; ValueError when it
+    is not a device or not available."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -98,9 +95,22 @@ def autocast_for(config: TrainConfig, device: torch.device):
 
 
 class Trainer:
-    """Runs ``task`` (see :mod:`attnlab.train.tasks`) under ``config``."""
+    """Runs ``task`` (see :mod:`attnlab.train.tasks`) under ``config``.
 
-    def __init__(self, config: TrainConfig, task, *, progress: bool | None = None, echo=print):
+    ``progress``: a progress bar (True), plain lines every ``log_every`` steps (False), or the
+    bar on a terminal only (None). ``echo`` prints lines; ``clock`` gives the time in seconds
+    (``time.perf_counter``; tests pass a simulated one).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        task,
+        *,
+        progress: bool | None = None,
+        echo: Callable[[str], object] = print,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.config = config
         self.task = task
         self.run_dir = Path(config.out_dir)
@@ -108,15 +118,27 @@ class Trainer:
         self.autocast = autocast_for(config, self.device)
         self.progress = progress
         self.echo = echo
+        self.clock = clock
         self.model = task.model.to(self.device)
         self.optimizer = make_optimizer(self.model, config, self.device)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
-        self.total = config.max_steps
+        self.schedule = Schedule(config, config.max_steps)
+        self.last_lr = self.schedule.lr(0)
         self.best: dict[str, float] | None = None
         self.last_metrics: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
         self.forward = torch.compile(self.model) if config.compile else self.model
+        self.pace: Pace | None = None
+        self.budget: Budget | None = None
+        self.log: RunLog | None = None
+        self.overhead_s = 0.0  # seconds of evaluations and checkpoints in this process
+        self._eval_s: float | None = None
+
+    @property
+    def total(self) -> int:
+        """The step the schedule ends at (refitted during a run with a time budget)."""
+        return self.schedule.total
 
     # -- state -----------------------------------------------------------------------------
 
@@ -124,9 +146,11 @@ class Trainer:
         return {
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
-            "total": self.total,
+            "total": self.schedule.total,
+            "schedule": self.schedule.state(),
             "max_steps": self.config.max_steps,
             "best": self.best,
+            "eval_s": self.pace.eval_s if self.pace is not None else None,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -141,9 +165,14 @@ class Trainer:
         state = checkpoint.load_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best = state["step"], state["best"]
+        self._eval_s = state.get("eval_s")  # what an evaluation cost the interrupted run
         # The schedule continues unchanged unless this resume asks for another length.
-        same = state["max_steps"] == self.config.max_steps
-        self.total = state["total"] if same else self.config.max_steps
+        if state["max_steps"] != self.config.max_steps:
+            self.schedule = Schedule(self.config, self.config.max_steps)
+        elif "schedule" in state:
+            self.schedule.load_state(state["schedule"])
+        else:  # written before schedules kept their state
+            self.schedule = Schedule(self.config, state["total"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
@@ -168,13 +197,16 @@ class Trainer:
             is_best=is_best,
         )
 
-    # -- loop ------------------------------------------------------------------------------
+    # -- one step, one evaluation ----------------------------------------------------------
 
     def _train_step(self) -> tuple[float, int]:
         """One optimiser step over ``grad_accum`` micro-batches: (mean loss, tokens)."""
         c = self.config
         self.model.train()
-        lr = lr_at(self.step, c, self.total)
+        if self.budget is not None:  # the clock places the decay (see Budget.decay_progress)
+            progress = self.budget.decay_progress(self.step, self.schedule)
+            self.schedule.move_to(self.step, progress)
+        self.last_lr = lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total_loss, tokens = 0.0, 0
@@ -206,137 +238,146 @@ class Trainer:
             return True
         return metrics[key] > self.best[key] if higher else metrics[key] < self.best[key]
 
-    def _log(self, record: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _evaluate_and_save(self) -> None:
-        began = time.perf_counter()
+    def _evaluate_and_save(self, save: bool = True) -> None:
+        """Evaluate, log, checkpoint (unless ``save`` is False) and plot; the time it takes is
+        measured apart from the training steps (``train_s`` leaves it out; the budget plans
+        for it)."""
+        began = self.clock()
         metrics = self.evaluate()
         self.last_metrics = metrics
-        better = self._is_better(metrics)
-        if better:
-            self.best = {**metrics, "step": self.step}
-        times = {
-            "elapsed_s": began - self._start,
-            "train_s": began - self._start - self.overhead_s,  # without evaluation and saving
-        }
+        elapsed = began - self.pace.started
+        times = {"elapsed_s": elapsed, "train_s": elapsed - self.overhead_s}
         self.history.append({"step": self.step, **metrics, **times})
-        self._log({"step": self.step, "split": "val", **metrics, **times})
-        self.save(is_best=better)
-        plot_losses(self.run_dir)
-        self._last_eval_s = time.perf_counter() - began
-        self.overhead_s += self._last_eval_s
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        self._write(f"step {self.step}: {shown}")
+        self.log.record({"step": self.step, "split": "val", **metrics, **times})
+        if save:
+            better = self._is_better(metrics)
+            if better:
+                self.best = {**metrics, "step": self.step}
+            self.save(is_best=better)
+        self.log.evaluated(self.step, metrics)
+        seconds = self.clock() - began
+        self.overhead_s += seconds
+        self.pace.evaluation_done(seconds)
 
-    def _fit_budget(self, elapsed: float, steps: int) -> None:
-        """Set the schedule's length so that training ends within the time budget, from the
-        time per step so far (evaluations and checkpoints included), keeping time for the
-        final evaluation."""
+    def _refit(self) -> None:
+        """With a time budget: end the schedule where the recent pace says the budget ends."""
+        if self.budget is not None:
+            self.schedule.set_total(self.step, self.budget.fit(self.step))
+            self.log.set_total(self.schedule.total)
+
+    def _log_train(self, loss: float) -> None:
         c = self.config
-        per_step = elapsed / steps
-        reserve = self._last_eval_s
-        fits = self.step + int((c.time_budget - elapsed - reserve) / per_step * 0.98)
-        self.total = max(self.step + 1, min(c.max_steps, fits))
-        self._bar.total = self.total
-        self._bar.refresh()
+        self.log.train(
+            step=self.step,
+            total=self.schedule.total,
+            loss=loss,
+            lr=self.last_lr,
+            tokens_per_s=self.pace.tokens_per_s(),
+            elapsed=self.pace.elapsed(),
+            left=self.pace.seconds_left(self.step, self.schedule.total, c.eval_every),
+        )
 
-    def _write(self, text: str) -> None:
-        if self._bar is not None and not self._bar.disable:
-            self._bar.write(text)
-        else:
-            self.echo(text)
-
-    def _prepare_run_dir(self, resume: bool) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        last = checkpoint.latest(self.run_dir)
-        if resume:
-            if last is None:
-                raise ValueError(f"resume: no checkpoint in {self.run_dir} to resume from")
-            self._restore(last)
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
-            self.echo(f"resumed from {last} (step {self.step})")
-        else:
-            if last is not None:
-                raise ValueError(
-                    f"out_dir: {self.run_dir} already holds checkpoints; pass --resume to "
-                    "continue that run, or choose another out_dir"
-                )
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        self.task.save_tokenizer(self.run_dir)
-        config = {"train": self.config.to_dict(), **checkpoint.model_meta(self.model)}
-        atomic_write_text(self.run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+    # -- the run ---------------------------------------------------------------------------
 
     def fit(self, *, resume: bool = False) -> RunResult:
         """Train to ``max_steps`` (or the time budget), evaluating and checkpointing on the
-        way; Ctrl-C saves a checkpoint of the last complete step and re-raises."""
-        c = self.config
-        self._bar = None
-        self._prepare_run_dir(resume)
-        start = self._start = time.perf_counter()
-        self.overhead_s = self._last_eval_s = 0.0
-        budget_fitted = resume and self.total != c.max_steps
-        try:
-            from tqdm.auto import tqdm
+        way; Ctrl-C (or SIGTERM) saves a checkpoint of the last complete step and re-raises.
 
-            self._bar = tqdm(
-                total=self.total,
-                initial=self.step,
-                disable=None if self.progress is None else not self.progress,
-                unit="step",
-                dynamic_ncols=True,
+        The run directory is locked for the whole run; errors (a directory in use or not an
+        attnlab run, nothing to resume, a full disk) are ValueErrors naming what failed."""
+        with lock_dir(self.run_dir, "train", argument="out_dir", echo=self.echo):
+            fresh = check_run_dir(self.run_dir, resume)
+            try:
+                self._open_run_dir(resume)
+                return self._run()
+            except BaseException:
+                # Nothing half-made stays behind: without a checkpoint there is nothing to
+                # resume, so a run that began in an empty directory takes its files away.
+                if fresh and checkpoint.latest(self.run_dir) is None:
+                    _empty(self.run_dir)
+                raise
+
+    def _open_run_dir(self, resume: bool) -> None:
+        """Restore the checkpoint (resume) or start afresh; write the tokenizer and config."""
+        metrics = self.run_dir / "metrics.jsonl"
+        if resume:
+            last = checkpoint.latest(self.run_dir)
+            self._restore(last)
+            truncate_metrics(metrics, self.step)
+            self.echo(f"resumed from {last} (step {self.step})")
+        else:
+            with writing("metrics", metrics):
+                metrics.unlink(missing_ok=True)
+        with writing("tokenizer", self.run_dir / "tokenizer"):
+            self.task.save_tokenizer(self.run_dir)
+        config = {"train": self.config.to_dict(), **checkpoint.model_meta(self.model)}
+        path = self.run_dir / "config.json"
+        with writing("config", path):
+            atomic_write_text(path, json.dumps(config, indent=2) + "\n")
+
+    def _run(self) -> RunResult:
+        c = self.config
+        self.pace = Pace(self.clock, window=max(10, c.log_every), eval_s=self._eval_s)
+        self.overhead_s = 0.0
+        if c.time_budget:
+            self.budget = Budget(
+                c.time_budget, self.pace, max_steps=c.max_steps, eval_every=c.eval_every
             )
-            window_tokens, window_start, fit_from = 0, time.perf_counter(), self.step
+        self.log = RunLog(
+            self.run_dir,
+            total=self.schedule.total,
+            initial=self.step,
+            progress=self.progress,
+            echo=self.echo,
+        )
+        try:
             with _sigterm_as_interrupt():
-                while self.step < self.total:
-                    loss, tokens = self._train_step()
-                    window_tokens += tokens
-                    now = time.perf_counter()
-                    if c.time_budget and not budget_fitted and self.step - fit_from == 10:
-                        self._fit_budget(now - start, self.step - fit_from)
-                    if self.step % c.log_every == 0 or self.step == self.total:
-                        rate = window_tokens / max(now - window_start, 1e-9)
-                        record = {
-                            "step": self.step,
-                            "split": "train",
-                            "loss": loss,
-                            "lr": lr_at(self.step - 1, c, self.total),
-                            "tokens_per_s": rate,
-                            "elapsed_s": now - start,
-                        }
-                        self._log(record)
-                        self._bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
-                        window_tokens, window_start = 0, now
-                    self._bar.update(1)
-                    if self.step % c.eval_every == 0 and self.step < self.total:
-                        self._evaluate_and_save()
-                        window_tokens, window_start = 0, time.perf_counter()
-                        if c.time_budget and not budget_fitted:  # evaluations cost time too
-                            self._fit_budget(window_start - start, self.step - fit_from)
-                    if c.time_budget and now - start > c.time_budget:
-                        self._write(f"time budget of {c.time_budget:g} s reached")
-                        break
-            self._evaluate_and_save()
+                if self.budget is not None and self.pace.eval_s is None:
+                    # The budget keeps time for the final evaluation from the start, so it
+                    # needs to know what one costs: evaluate the starting model (no checkpoint).
+                    self._evaluate_and_save(save=False)
+                self._train()
+                self._evaluate_and_save()
         except KeyboardInterrupt:
-            if self._bar is not None:
-                self._bar.close()
+            self.log.close()
             path = self.save()
             self.echo(f"interrupted: saved {path} (step {self.step}); continue with --resume")
             raise
         finally:
-            if self._bar is not None:
-                self._bar.close()
-        sample = self.task.finish(self.model, self.run_dir, self.device)
+            self.log.close()
+        with writing("sample", self.run_dir / "sample.txt"):
+            sample = self.task.finish(self.model, self.run_dir, self.device)
         return RunResult(
             self.run_dir,
             self.step,
             self.last_metrics,
             self.best,
-            time.perf_counter() - start,
+            self.pace.elapsed(),
             sample,
             self.history,
         )
+
+    def _train(self) -> None:
+        """Steps until the schedule ends or the time budget runs out, with the training lines,
+        refits of the schedule and the evaluations on the way."""
+        c = self.config
+        while self.step < self.schedule.total:
+            loss, tokens = self._train_step()
+            self.pace.step_done(tokens)
+            if self.step % c.log_every == 0 or self.step == self.schedule.total:
+                self._refit()
+                self._log_train(loss)
+            self.log.advance()
+            if self.step % c.eval_every == 0 and self.step < self.schedule.total:
+                self._evaluate_and_save()
+                self._refit()  # evaluations cost time too
+            if self.budget is not None and self.budget.exhausted():
+                self.log.write(
+                    f"time budget of {c.time_budget:g} s reached at step {self.step} (it "
+                    "includes the final evaluation; anything after that, such as a sample, "
+                    "is extra)"
+                )
+                break
 
 
 @contextlib.contextmanager
@@ -364,47 +405,54 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after ``step`` (by the run that was interrupted)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+def check_run_dir(run_dir: Path, resume: bool) -> bool:
+    """Refuse a directory a run must not write into (ValueError): to resume, one without a
+    checkpoint; to start, one that holds checkpoints, or anything but an attnlab run. Returns
+    whether it is empty (or missing). Call it while holding the directory's lock."""
+    run_dir = Path(run_dir)
+    entries = sorted(p.name for p in run_dir.iterdir() if not _is_lock(p))
+    last = checkpoint.latest(run_dir)
+    if resume:
+        if last is None:
+            raise ValueError(f"resume: no checkpoint in {run_dir} to resume from")
+        return False
+    if last is not None:
+        raise ValueError(
+            f"out_dir: {run_dir} already holds checkpoints; pass --resume to continue that "
+            "run, or choose another out_dir"
+        )
+    if entries and not checkpoint.is_run_dir(run_dir):
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise ValueError(
+            f"out_dir: {run_dir} is not empty and not an attnlab run (it holds {shown}); "
+            "choose a new or empty directory"
+        )
+    return not entries
 
 
-def plot_losses(run_dir: Path) -> Path | None:
-    """Write ``loss.png`` (training and validation loss against step) from metrics.jsonl."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return None
-    train, val = [], []
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("split") == "train" and "loss" in record:
-            train.append((record["step"], record["loss"]))
-        elif record.get("split") == "val" and "val_loss" in record:
-            val.append((record["step"], record["val_loss"]))
-    if not train and not val:
-        return None
-    import matplotlib
+def _is_lock(path: Path) -> bool:
+    return path.name.startswith(LOCK_NAME)  # the lock file and its temporaries
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train", linewidth=1, alpha=0.8)
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", label="validation", linewidth=1.5)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(Path(run_dir).name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(run_dir) / "loss.png"
-    tmp = out.with_name(f".loss.png.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+def _empty(directory: Path) -> None:
+    """Remove everything in ``directory`` but its lock."""
+    for path in directory.iterdir():
+        if _is_lock(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+__all__ = [
+    "RunResult",
+    "Trainer",
+    "autocast_for",
+    "check_run_dir",
+    "lr_at",
+    "make_optimizer",
+    "plot_losses",
+    "resolve_device",
+]

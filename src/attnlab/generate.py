@@ -54,6 +54,25 @@ def next_token(
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)
 
 
+def fit_prompt(prompt: Tensor, context: int, max_new_tokens: int, truncate: bool) -> Tensor:
+    """``prompt`` (B, T) checked against the model's ``context``: a prompt that leaves no room
+    for a new token is a ValueError, or with ``truncate=True`` keeps its last ``context - 1``
+    tokens (the caller says so: :func:`prompt_overflow`)."""
+    if prompt.shape[1] + min(max_new_tokens, 1) <= context:
+        return prompt
+    if not truncate:
+        raise ValueError(
+            f"prompt: {prompt.shape[1]:,} tokens do not fit the model's context of {context:,} "
+            "with room for a new token; shorten it or pass truncate=True to keep its end"
+        )
+    return prompt[:, -(context - 1) :] if context > 1 else prompt[:, -1:]
+
+
+def prompt_overflow(prompt_tokens: int, context: int) -> int:
+    """How many tokens :func:`fit_prompt` drops from the front of a prompt of ``prompt_tokens``."""
+    return max(0, prompt_tokens - max(1, context - 1))
+
+
 @torch.no_grad()
 def stream(
     model: GPT,
@@ -65,26 +84,38 @@ def stream(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
+    vocab_size: int | None = None,
+    truncate: bool = False,
 ) -> Iterator[Tensor]:
     """Yield each new token (B, 1) as soon as it is sampled; ``prompt`` is (B, T) ids.
 
-    Stops after ``max_new_tokens`` or once every row has produced ``eos_id``. The total length
-    is limited by the model's ``max_len`` when it has learned positions; longer generations
-    keep the most recent ``max_len`` tokens (re-running the window without a cache)."""
+    Stops after ``max_new_tokens`` or once every row has produced ``eos_id``. ``vocab_size``
+    limits sampling to the ids a tokenizer can decode (a model's embedding is often padded past
+    its tokenizer). A prompt longer than the model's context (``config.max_len``) is an error
+    unless ``truncate=True``, which keeps its end. Generation may run past the context: when
+    the cache is full the oldest half of the window drops out of view and the rest is encoded
+    again, so the cost per token stays bounded (one re-encoding every ``max_len / 2`` tokens).
+    The KV cache holds at most the prompt plus ``max_new_tokens``, never more than the context.
+    """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt: expected ids (B, T) with T >= 1, got {tuple(prompt.shape)}")
     model.eval()
     limit = model.config.max_len
+    window = fit_prompt(prompt, limit, max_new_tokens, truncate)
     b = prompt.shape[0]
     weight = model.head.weight
-    window = prompt[:, -limit:]
-    caches = model.make_caches(b, limit, dtype=weight.dtype, device=weight.device)
+    size = min(limit, window.shape[1] + max_new_tokens)
+    caches = model.make_caches(b, size, dtype=weight.dtype, device=weight.device)
     logits = model(window, caches=caches).logits[:, -1]
     done = torch.zeros(b, dtype=torch.bool, device=prompt.device)
     sample = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator}
+    keep = max(1, limit // 2)
     for _ in range(max_new_tokens):
+        if vocab_size is not None and vocab_size < logits.shape[-1]:
+            logits = logits.clone()
+            logits[:, vocab_size:] = float("-inf")
         token = next_token(logits, **sample)
         yield token
         if eos_id is not None:
@@ -92,10 +123,10 @@ def stream(
             if bool(done.all()):
                 return
         window = torch.cat([window, token], dim=1)
-        if caches[0].length < limit:
+        if caches[0].length < size:
             logits = model(token, caches=caches).logits[:, -1]
-        else:  # the cache is full: slide the window and start a fresh cache
-            window = window[:, -limit:]
+        else:  # the cache is full: keep the newest half of the window and encode it again
+            window = window[:, -keep:]
             for cache in caches:
                 cache.reset()
             logits = model(window, caches=caches).logits[:, -1]

@@ -7,7 +7,13 @@
 * a directory with a BERT ``vocab.txt`` only (WordPiece; lower-cased unless
   ``tokenizer_config.json`` says ``do_lower_case: false``);
 * a directory with GPT-2's ``vocab.json`` + ``merges.txt`` (byte-level BPE);
-* a ``.gguf`` file, whose metadata carries the vocabulary (llama.cpp's ``tokenizer.ggml.*`` keys).
+* a ``.gguf`` file, whose metadata carries the vocabulary (llama.cpp's ``tokenizer.ggml.*`` keys);
+* a character vocabulary saved by :class:`attnlab.data.CharTokenizer` (``char_tokenizer.json``).
+
+Every tokenizer attnlab hands out shares one interface, :class:`TextTokenizer`: ``encode``,
+``encode_batch``, ``decode``, an :class:`IncrementalDecoder` for streaming (it never splits a
+multi-byte character), the special ids (``bos_id``, ``eos_id``, ``pad_id``, ``unk_id``),
+``vocab_size`` and ``save(directory)``, which writes the one on-disk format of its kind.
 
 :func:`gpt2_tiktoken` rebuilds GPT-2's tokenizer from the ``gpt2.tiktoken`` ranks file that the
 ``openai-whisper`` package ships. Nothing is ever downloaded.
@@ -33,11 +39,11 @@ from torch import Tensor
 
 from attnlab.files import atomic_write_text
 
-__all__ = ["Batch", "Tokenizer", "gpt2_tiktoken", "load"]
+__all__ = ["Batch", "IncrementalDecoder", "TextTokenizer", "Tokenizer", "gpt2_tiktoken", "load"]
 
 EXPECTED = (
-    "a directory with tokenizer.json, vocab.txt (BERT) or vocab.json + merges.txt (GPT-2), "
-    "a tokenizer.json file or a .gguf file"
+    "a directory with tokenizer.json, vocab.txt (BERT), vocab.json + merges.txt (GPT-2) or "
+    "char_tokenizer.json, a tokenizer.json file or a .gguf file"
 )
 SPECIAL_NAMES = ("bos", "eos", "pad", "unk")
 
@@ -49,7 +55,111 @@ class Batch(NamedTuple):
     attention_mask: Tensor
 
 
-class Tokenizer:
+class TextTokenizer:
+    """The interface of every attnlab tokenizer: text <-> ids, batches, streaming decoding.
+
+    Subclasses provide ``encode``, ``decode``, ``vocab_size``, the special ids and ``save``;
+    batching and incremental decoding are shared here.
+    """
+
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+    unk_id: int | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int] | Tensor, skip_special_tokens: bool = True) -> str:
+        raise NotImplementedError
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        raise NotImplementedError
+
+    def _encode_many(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        return [self.encode(t, add_special_tokens=add_special_tokens) for t in texts]
+
+    def encode_batch(
+        self,
+        texts: list[str],
+        add_special_tokens: bool = True,
+        *,
+        padding_side: str = "right",
+    ) -> Batch:
+        """Ids of several texts padded to the longest: ``Batch(input_ids, attention_mask)``, both
+        (B, T). Padding uses ``pad_id`` (0 when the vocabulary has no pad token; the mask says
+        which positions are real). Left padding suits batched generation."""
+        if isinstance(texts, str) or not texts:
+            raise ValueError(f"texts: expected a non-empty list of str, got {texts!r:.60}")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side: expected 'right' or 'left', got {padding_side!r}")
+        rows = self._encode_many(list(texts), add_special_tokens)
+        t = max(len(r) for r in rows)
+        pad = self.pad_id if self.pad_id is not None else 0
+        ids = torch.full((len(rows), t), pad, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(rows), t), dtype=torch.long)  # (B, T)
+        for i, row in enumerate(rows):
+            span = slice(0, len(row)) if padding_side == "right" else slice(t - len(row), t)
+            ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return Batch(ids, mask)
+
+    def decoder(self, skip_special_tokens: bool = True) -> IncrementalDecoder:
+        """An :class:`IncrementalDecoder` over this tokenizer, for text streamed token by
+        token."""
+        return IncrementalDecoder(self, skip_special_tokens=skip_special_tokens)
+
+
+class IncrementalDecoder:
+    """Text of a growing sequence of ids, returned piece by piece as ids arrive.
+
+    Each :meth:`push` decodes only a short window of recent ids (the ids since the last piece
+    that was returned, plus the ids before them that it joins onto), so streaming n tokens costs
+    O(n), not the O(n^2) of decoding everything again at each step. A piece is held back while
+    it ends in an incomplete multi-byte character (U+FFFD) and released once the character is
+    whole; :meth:`flush` returns whatever is left at the end.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, *, skip_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.ids: list[int] = []
+        self._prefix = 0  # ids[_prefix:_read] were already returned as text
+        self._read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def push(self, ids: int | list[int] | Tensor) -> str:
+        """Add ``ids`` (one id, a list or a tensor) and return the new text that is complete."""
+        if isinstance(ids, Tensor):
+            ids = ids.reshape(-1).tolist()
+        elif isinstance(ids, int):
+            ids = [ids]
+        self.ids.extend(int(i) for i in ids)
+        before = self._decode(self.ids[self._prefix : self._read])
+        text = self._decode(self.ids[self._prefix :])
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return text[len(before) :]
+
+    def flush(self) -> str:
+        """The text not yet returned (an incomplete character at the very end stays U+FFFD)."""
+        before = self._decode(self.ids[self._prefix : self._read])
+        text = self._decode(self.ids[self._prefix :])
+        self._prefix = self._read = len(self.ids)
+        return text[len(before) :]
+
+
+class Tokenizer(TextTokenizer):
     """A ``tokenizers.Tokenizer`` plus the names of its special tokens.
 
     Args:
@@ -78,9 +188,6 @@ class Tokenizer:
     def __repr__(self) -> str:
         specials = ", ".join(f"{k}={v!r}" for k, v in self.special.items() if v is not None)
         return f"Tokenizer(vocab_size={self.vocab_size}, {specials})"
-
-    def __len__(self) -> int:
-        return self.vocab_size
 
     @property
     def vocab_size(self) -> int:
@@ -121,33 +228,9 @@ class Tokenizer:
             raise TypeError(f"text: expected a str, got {type(text).__name__}")
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
-    def encode_batch(
-        self,
-        texts: list[str],
-        add_special_tokens: bool = True,
-        *,
-        padding_side: str = "right",
-    ) -> Batch:
-        """Ids of several texts padded to the longest: ``Batch(input_ids, attention_mask)``, both
-        (B, T). Padding uses ``pad_id`` (0 when the vocabulary has no pad token; the mask says
-        which positions are real). Left padding suits batched generation."""
-        if isinstance(texts, str) or not texts:
-            raise ValueError(f"texts: expected a non-empty list of str, got {texts!r:.60}")
-        if padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side: expected 'right' or 'left', got {padding_side!r}")
-        rows = [
-            e.ids
-            for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        ]
-        t = max(len(r) for r in rows)
-        pad = self.pad_id if self.pad_id is not None else 0
-        ids = torch.full((len(rows), t), pad, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(rows), t), dtype=torch.long)  # (B, T)
-        for i, row in enumerate(rows):
-            span = slice(0, len(row)) if padding_side == "right" else slice(t - len(row), t)
-            ids[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
-        return Batch(ids, mask)
+    def _encode_many(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        encoded = self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+        return [e.ids for e in encoded]
 
     def decode(self, ids: list[int] | Tensor, skip_special_tokens: bool = True) -> str:
         """Text of ``ids`` (a list or a 1-D tensor)."""
@@ -171,10 +254,15 @@ class Tokenizer:
         return directory
 
 
-def load(path: str | os.PathLike) -> Tokenizer:
-    """The tokenizer stored at ``path``: a checkpoint directory, a ``tokenizer.json`` or a
-    ``.gguf`` file (see the module docstring). Raises FileNotFoundError when nothing is there and
-    ValueError naming the path when it holds no tokenizer this module reads."""
+# Character vocabularies: the file CharTokenizer.save writes, and the name runs used before it.
+CHAR_FILES = ("char_tokenizer.json", "chars.json")
+
+
+def load(path: str | os.PathLike) -> TextTokenizer:
+    """The tokenizer stored at ``path``: a checkpoint or run tokenizer directory, a
+    ``tokenizer.json``, a character vocabulary or a ``.gguf`` file (see the module docstring).
+    Raises FileNotFoundError when nothing is there and ValueError naming the path when it holds
+    no tokenizer this module reads."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory (expected {EXPECTED})")
@@ -182,8 +270,15 @@ def load(path: str | os.PathLike) -> Tokenizer:
         if path.suffix == ".gguf" or _is_gguf(path):
             return _from_gguf(path)
         if path.suffix == ".json":
+            if path.name in CHAR_FILES or _is_char_vocabulary(path):
+                return _from_chars(path)
             return _from_tokenizer_json(path, _hf_config(path.parent))
         raise ValueError(f"{path}: expected {EXPECTED}, got a file of another kind")
+    if not path.is_dir():
+        raise ValueError(f"{path}: expected {EXPECTED}, got neither a file nor a directory")
+    for name in CHAR_FILES:
+        if (path / name).is_file():
+            return _from_chars(path / name)
     config = _hf_config(path)
     if (path / "tokenizer.json").is_file():
         return _from_tokenizer_json(path / "tokenizer.json", config)
@@ -193,6 +288,28 @@ def load(path: str | os.PathLike) -> Tokenizer:
         return _from_bert_vocab(path / "vocab.txt", config)
     found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
     raise ValueError(f"{path}: expected {EXPECTED}; the directory holds {found}")
+
+
+def has_tokenizer(directory: str | os.PathLike) -> bool:
+    """True when ``directory`` holds files :func:`load` reads as a tokenizer."""
+    directory = Path(directory)
+    names = (*CHAR_FILES, "tokenizer.json", "vocab.txt", "vocab.json")
+    return directory.is_dir() and any((directory / name).is_file() for name in names)
+
+
+def _from_chars(file: Path) -> TextTokenizer:
+    from attnlab.data.chars import CharTokenizer  # data imports this module: import late
+
+    return CharTokenizer.load(file)
+
+
+def _is_char_vocabulary(file: Path) -> bool:
+    """A JSON file whose head names the CharTokenizer format (read without parsing it all)."""
+    from attnlab.data.chars import FORMAT
+
+    with open(file, "rb") as f:
+        head = f.read(256)
+    return f'"format": "{FORMAT}"'.encode() in head
 
 
 # ---- Hugging Face files -------------------------------------------------------------------------
@@ -410,6 +527,9 @@ def _gguf_fields(path: Path) -> dict:
     """The ``tokenizer.*`` and ``general.architecture`` metadata of a GGUF file as Python values."""
     from gguf import GGUFReader  # imported here: only GGUF files need it
 
+    from attnlab.convert.gguf import check_gguf
+
+    check_gguf(path)  # every count and size in the header bounded by the file, before reading
     try:
         reader = GGUFReader(path)
     except Exception as exc:  # the reader raises ValueError, struct.error, IndexError, ...

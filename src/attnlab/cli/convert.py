@@ -1,9 +1,7 @@
-"""``attnlab convert``: Hugging Face directories and GGUF files into attnlab runs, and attnlab
-runs back into Hugging Face directories."""
+"""``attnlab convert``: Hugging Face directories and GGUF files into attnlab runs, attnlab runs
+into Hugging Face directories, and GGUF files straight to Hugging Face."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
@@ -11,33 +9,20 @@ import click
 @click.command()
 @click.argument("source")
 @click.argument("destination")
-def convert(source, destination) -> None:
-    """Convert SOURCE into DESTINATION. A Hugging Face directory or a .gguf file becomes an
-    attnlab run directory (a checkpoint plus the tokenizer) that `attnlab sample` and
-    `attnlab eval` read; an attnlab run or checkpoint becomes a Hugging Face directory
-    (config.json, model.safetensors, tokenizer.json) that transformers loads."""
-    from attnlab.cli.sample import load_with_tokenizer
-    from attnlab.train import checkpoint
-    from attnlab.train.tasks import save_tokenizer
+@click.option(
+    "--to",
+    type=click.Choice(["run", "hf"]),
+    default=None,
+    help="Output format (default: hf for an attnlab run or checkpoint, run otherwise).",
+)
+def convert(source, destination, to) -> None:
+    """Convert SOURCE into DESTINATION (a new or empty directory). A Hugging Face directory or a
+    .gguf file becomes an attnlab run directory (a checkpoint plus the tokenizer) that every
+    attnlab command reads; an attnlab run or checkpoint becomes a Hugging Face directory
+    (config.json, model.safetensors, tokenizer.json) that transformers loads; --to hf turns a
+    .gguf file into a Hugging Face directory in one step."""
+    from attnlab.loader import convert as convert_source
 
-    src, dst = Path(source), Path(destination)
-    if dst.exists() and any(dst.iterdir()):
-        raise ValueError(f"destination: expected a new or empty directory, got {dst}")
-    model, tokenizer = load_with_tokenizer(source)
-    is_attnlab = (src / "meta.json").is_file() or (src / "checkpoints").is_dir()
-    if is_attnlab:
-        from attnlab.convert import save_hf
-
-        save_hf(model, dst)
-        if tokenizer is not None:
-            if not hasattr(tokenizer, "backend"):  # a character vocabulary
-                tokenizer = tokenizer.to_tokenizer()
-            tokenizer.save(dst)
-        click.echo(f"wrote Hugging Face checkpoint {dst}")
-        return
-    dst.mkdir(parents=True, exist_ok=True)
-    meta = {"source": str(src), "tokenizer": None}
-    if tokenizer is not None:
-        meta["tokenizer"] = save_tokenizer(tokenizer, dst)
-    path = checkpoint.save(dst, 0, model, {}, meta)
-    click.echo(f"wrote attnlab checkpoint {path}")
+    path, written = convert_source(source, destination, to=to)
+    what = "Hugging Face checkpoint" if written == "hf" else "attnlab run"
+    click.echo(f"wrote {what} {path}")

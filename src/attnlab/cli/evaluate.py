@@ -1,4 +1,5 @@
-"""``attnlab eval``: the evaluation metrics of a trained run's checkpoint on its task's data."""
+"""``attnlab eval``: the evaluation metrics of a model on its task's data: a trained run's
+checkpoint on the data it was trained on, or any other model on data named by settings."""
 
 from __future__ import annotations
 
@@ -8,30 +9,44 @@ import click
 
 
 @click.command(name="eval")
-@click.option("--checkpoint", "source", required=True, help="Run directory or checkpoint.")
+@click.option(
+    "--checkpoint", "source", required=True, help="Run dir, checkpoint, HF dir or GGUF file."
+)
 @click.argument("overrides", nargs=-1)
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
 def evaluate(source, overrides, which) -> None:
-    """Evaluate a run's checkpoint (loss, perplexity, accuracy or BLEU, by task); OVERRIDES are
-    KEY=VALUE settings such as eval_batches=0 (all) or device=cuda."""
+    """Evaluate a model (loss, perplexity, accuracy or BLEU, by task). A run is scored with its
+    own settings and data; any other model with its family's task (lm for GPT, mlm or classify
+    for BERT, translate, vit) on the default data. OVERRIDES are KEY=VALUE settings such as
+    eval_batches=0 (all), corpus=my.txt, dataset=my.csv or device=cuda."""
     import torch
 
-    from attnlab.models import config_class
-    from attnlab.train import checkpoint
+    import attnlab
     from attnlab.train.config import TrainConfig, apply_overrides
-    from attnlab.train.tasks import make_task
+    from attnlab.train.tasks import default_task, make_task
     from attnlab.train.trainer import autocast_for, resolve_device
 
-    path = checkpoint.resolve(source, which)
-    meta = checkpoint.read_meta(path)
-    if "train" not in meta:
-        raise ValueError(f"checkpoint: {path} was not written by attnlab train (no settings)")
-    config = TrainConfig(**meta["train"])
-    config = apply_overrides(config, list(overrides), config_class(config.model))
-    task = make_task(config)
-    checkpoint.load_weights(task.model, path)
+    loaded = attnlab.load(source, which=which)
+    if loaded.train is not None:
+        config = TrainConfig.from_dict(loaded.train, source=loaded.path / "meta.json")
+    else:
+        config = TrainConfig(task=default_task(loaded.model))
+    if any(item.startswith("model.") for item in overrides):
+        raise ValueError(
+            f"model.*: the model is read from {source}; its configuration cannot be overridden "
+            "when evaluating"
+        )
+    config = apply_overrides(config, list(overrides))
     device = resolve_device(config.device)
+    task = make_task(config, model=loaded.model, tokenizer=loaded.tokenizer)
     model = task.model.to(device).eval()
     with torch.no_grad(), autocast_for(config, device)():
         metrics = task.evaluate(model, device)
-    click.echo(json.dumps({"checkpoint": str(path), "step": meta.get("step"), **metrics}))
+    step = None if loaded.kind not in ("run", "checkpoint") else _step(loaded.path)
+    click.echo(json.dumps({"checkpoint": str(loaded.path), "step": step, **metrics}))
+
+
+def _step(path) -> int | None:
+    from attnlab.train import checkpoint
+
+    return checkpoint.read_meta(path).get("step")

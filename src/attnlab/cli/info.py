@@ -12,24 +12,21 @@ from attnlab.models import from_preset, preset_names
 
 
 def load_model(source: str) -> nn.Module:
-    """A model from a preset name (random weights), a checkpoint directory or a .gguf file."""
+    """A model from a preset name (random weights), or any source :func:`attnlab.load` reads,
+    built on the meta device from its configuration alone (no weights are read)."""
     if source in preset_names():
         return from_preset(source)
-    path = Path(source)
-    if path.suffix == ".gguf":
-        from attnlab.convert import load_gguf
-
-        return load_gguf(path)
-    if path.is_dir():
-        from attnlab.convert import load_hf
-
-        return load_hf(path)
+    import attnlab
     from attnlab.models.presets import closest
 
-    raise ValueError(
-        f"source: expected a model preset ({', '.join(preset_names())}), a checkpoint directory "
-        f"or a .gguf file, got {source!r}{closest(source, preset_names())}"
-    )
+    path = Path(source)
+    if not path.exists() and not path.suffix and "/" not in source:
+        raise ValueError(
+            f"source: expected a model preset ({', '.join(preset_names())}), a run directory, "
+            f"a checkpoint, a Hugging Face directory or a .gguf file, got {source!r}"
+            f"{closest(source, preset_names())}"
+        )
+    return attnlab.load(path, device="meta").model
 
 
 @click.command()
@@ -37,8 +34,8 @@ def load_model(source: str) -> nn.Module:
 @click.option("--context", type=click.IntRange(min=1), default=None, help="T for attention FLOPs.")
 def info(source: str, context: int | None) -> None:
     """Parameters, FLOPs per token and KV-cache size of SOURCE: a model preset (e.g. gpt2,
-    llama-small, bert-base, transformer-base, vit-tiny), a Hugging Face checkpoint directory
-    or a GGUF file."""
+    llama-small, bert-base, transformer-base, vit-tiny), an attnlab run or checkpoint, a
+    Hugging Face checkpoint directory or a GGUF file (read from its metadata alone)."""
     from attnlab.models.info import model_info
 
     click.echo(model_info(load_model(source), context).format())

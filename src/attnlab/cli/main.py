@@ -1,7 +1,8 @@
 """Entry point of the ``attnlab`` command: a click group whose commands live one per module.
 
-User mistakes (ValueError, TypeError, missing files) print one line on stderr and exit with
-status 2, never a traceback; Ctrl-C exits with 130.
+User mistakes (ValueError, TypeError, missing files) and failures of the file system (a full disk,
+no permission) print one line on stderr and exit with status 2, never a traceback; Ctrl-C exits
+with 130.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ class _Group(click.Group):
         except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as exc:
             click.echo(f"attnlab: error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:  # a full disk, no permission, a read-only file system
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"attnlab: error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("attnlab: interrupted", err=True)
             sys.exit(130)
@@ -32,7 +37,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from attnlab.cli import backends, bench, convert, evaluate, info, sample, train
+    from attnlab.cli import backends, bench, convert, evaluate, info, predict, sample, train
 
     cli.add_command(backends.backends)
     cli.add_command(bench.bench)
@@ -41,6 +46,7 @@ def _register() -> None:
     cli.add_command(sample.sample)
     cli.add_command(evaluate.evaluate)
     cli.add_command(convert.convert)
+    cli.add_command(predict.predict)
 
 
 _register()

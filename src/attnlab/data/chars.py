@@ -1,12 +1,12 @@
 """A character-level tokenizer: one id per distinct character of a training text (nanoGPT's
-``shakespeare_char``). It has the duck-typed interface of :class:`attnlab.tokenizers.Tokenizer`
-that the data and training code use: ``encode``, ``decode``, ``vocab_size``, the special ids
-(all None: a character vocabulary has no special tokens) and ``save``.
+``shakespeare_char``). It implements :class:`attnlab.tokenizers.TextTokenizer`, the interface of
+every attnlab tokenizer: ``encode``, ``encode_batch``, ``decode``, an incremental decoder,
+``vocab_size``, the special ids (all None: a character vocabulary has no special tokens) and
+``save``, which writes its one on-disk format, ``char_tokenizer.json``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from attnlab.files import atomic_write_text
+from attnlab.tokenizers import TextTokenizer
 
 __all__ = ["FILE_NAME", "CharTokenizer", "load_tokenizer"]
 
@@ -24,18 +25,13 @@ FILE_NAME = "char_tokenizer.json"  # the file that save() writes into a director
 FORMAT = "attnlab.CharTokenizer"
 
 
-class CharTokenizer:
+class CharTokenizer(TextTokenizer):
     """Ids ``0 .. vocab_size - 1`` for the characters of ``chars`` in sorted (code point) order.
 
     Args:
         chars: the vocabulary, a string or an iterable of single characters (duplicates are
             dropped, order does not matter).
     """
-
-    bos_id: int | None = None
-    eos_id: int | None = None
-    pad_id: int | None = None
-    unk_id: int | None = None
 
     def __init__(self, chars: str | Iterable[str]) -> None:
         chars = sorted(set(chars))
@@ -59,9 +55,6 @@ class CharTokenizer:
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
 
-    def __len__(self) -> int:
-        return self.vocab_size
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CharTokenizer) and other.chars == self.chars
 
@@ -81,7 +74,7 @@ class CharTokenizer:
             i = int(unknown[0])
             raise ValueError(
                 f"text: character {text[i]!r} (U+{ord(text[i]):04X}) at position {i} is not in "
-                f"the vocabulary of {self.vocab_size} characters"
+                f"the vocabulary of {self.vocab_size} characters ({self.sample_chars()})"
             )
         return ids.astype(np.int64)
 
@@ -103,6 +96,11 @@ class CharTokenizer:
                 raise ValueError(f"ids: expected ids in [0, {self.vocab_size}), got {int(i)}")
             out.append(self.chars[int(i)])
         return "".join(out)
+
+    def sample_chars(self, n: int = 24) -> str:
+        """The vocabulary spelled out for messages, shortened to about ``n`` characters."""
+        shown = "".join(self.chars[:n])
+        return repr(shown) + (f" and {self.vocab_size - n} more" if self.vocab_size > n else "")
 
     def to_tokenizer(self):
         """The same vocabulary as an :class:`attnlab.tokenizers.Tokenizer` (a ``tokenizers``
@@ -153,18 +151,10 @@ class CharTokenizer:
         return cls(data["chars"])
 
 
-def load_tokenizer(path: str | os.PathLike):
-    """Whichever tokenizer was saved at ``path``: a :class:`CharTokenizer` (its JSON file, or a
-    directory holding ``char_tokenizer.json``), otherwise :func:`attnlab.tokenizers.load`
-    (``tokenizer.json``, a BERT ``vocab.txt``, GPT-2 files or a ``.gguf``)."""
-    path = Path(path)
-    if (path.is_dir() and (path / FILE_NAME).is_file()) or path.name == FILE_NAME:
-        return CharTokenizer.load(path)
-    if path.is_file() and path.suffix == ".json":
-        with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
-            head = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(head, dict) and head.get("format") == FORMAT:
-                return CharTokenizer.load(path)
-    from attnlab import tokenizers  # the tokenizers-library formats
+def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
+    """Whichever tokenizer was saved at ``path`` (:func:`attnlab.tokenizers.load`): a
+    :class:`CharTokenizer`, ``tokenizer.json``, a BERT ``vocab.txt``, GPT-2 files or a
+    ``.gguf``."""
+    from attnlab import tokenizers
 
     return tokenizers.load(path)

@@ -25,6 +25,24 @@ FAMILIES = (
 )
 
 
+def family(name: str) -> tuple[type[nn.Module], type]:
+    """``(model class, config class)`` of the family ``name`` ("GPT", "BERT", "EncoderDecoder",
+    "ViT"), the name checkpoints record; ValueError listing the families otherwise."""
+    for _, model_cls, config_cls in FAMILIES:
+        if model_cls.__name__ == name:
+            return model_cls, config_cls
+    names = ", ".join(model_cls.__name__ for _, model_cls, _ in FAMILIES)
+    raise ValueError(f"family: expected one of {names}, got {name!r}")
+
+
+def family_name(model: nn.Module) -> str:
+    """The family name a checkpoint records for ``model``."""
+    for _, model_cls, _ in FAMILIES:
+        if isinstance(model, model_cls):
+            return model_cls.__name__
+    raise TypeError(f"model: expected an attnlab model family, got {type(model).__name__}")
+
+
 def preset_names() -> list[str]:
     """Every model preset of every family."""
     return [name for table, _, _ in FAMILIES for name in table]
@@ -66,6 +84,8 @@ __all__ = [
     "ViT",
     "ViTConfig",
     "config_class",
+    "family",
+    "family_name",
     "from_preset",
     "lm_loss",
     "preset_names",

@@ -1,0 +1,390 @@
+"""One loader for every source of a model: ``attnlab.load(source)``.
+
+A source is any of
+
+* an attnlab **run directory** (what ``attnlab train`` and ``attnlab convert`` write: a
+  ``config.json`` naming the model family, ``checkpoints/step-NNNNNNN`` and ``tokenizer/``),
+  whose best checkpoint is read (or the latest, with ``which="latest"``);
+* one **checkpoint directory** of a run (``meta.json`` + ``model.safetensors``), with the
+  tokenizer of the run it belongs to;
+* a **Hugging Face directory** (``config.json`` with a ``model_type`` + safetensors weights, and
+  a tokenizer when one is there);
+* a llama.cpp **GGUF file** (weights, configuration and tokenizer in one file).
+
+Each kind is an entry of :data:`SOURCES`: a test that recognises it and a reader. The result is
+a :class:`Loaded` with the model (eval mode), its tokenizer (or None) and, for runs, the
+training settings. The model and the tokenizer are checked against each other: a tokenizer
+with more ids than the model's embedding has rows is refused, since its ids would index past
+the table.
+
+``device="meta"`` builds the model without reading any weights or the tokenizer, for questions
+the configuration answers (parameters, FLOPs, cache sizes: ``attnlab info``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from attnlab.tokenizers import TextTokenizer
+
+__all__ = ["SOURCES", "Loaded", "Source", "load", "source_kind"]
+
+EXPECTED = (
+    "an attnlab run directory or checkpoint, a Hugging Face checkpoint directory or a .gguf file"
+)
+
+
+@dataclass
+class Loaded:
+    """What :func:`load` returns; unpacks as ``model, tokenizer = attnlab.load(...)``.
+
+    Attributes:
+        model: the model, in eval mode, on the requested device and dtype.
+        tokenizer: its tokenizer, or None where the source has none (a ViT, weights alone).
+        kind: "run", "checkpoint", "hf" or "gguf".
+        path: what was read: the checkpoint directory, Hugging Face directory or GGUF file.
+        train: the training settings of a run (``attnlab.train.config.TrainConfig`` fields as a
+            dict), None for other sources.
+    """
+
+    model: nn.Module
+    tokenizer: TextTokenizer | None
+    kind: str
+    path: Path
+    train: dict[str, Any] | None = None
+
+    @property
+    def config(self):
+        """The model's configuration dataclass (``GPTConfig``, ``BertConfig``, ...)."""
+        return self.model.config
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run directory a run or checkpoint came from (None for other sources)."""
+        if self.kind not in ("run", "checkpoint"):
+            return None
+        from attnlab.train.checkpoint import run_dir_of
+
+        return run_dir_of(self.path)
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.model
+        yield self.tokenizer
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of source: ``detect(path)`` says whether ``path`` is one, ``read(path, which,
+    weights)`` returns ``(model, tokenizer, checkpoint path, training settings)``."""
+
+    kind: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path, str, bool], tuple[nn.Module, TextTokenizer | None, Path, dict | None]]
+
+
+# -- attnlab runs and checkpoints -----------------------------------------------------------------
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file}: expected JSON, got a parse error ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / "meta.json").is_file()
+
+
+def _is_run(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    if (path / "checkpoints").is_dir():
+        return True
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "family" in _read_json(config)
+    except ValueError:
+        return False
+
+
+def _build(meta: dict, where: Path, weights: bool) -> nn.Module:
+    """The model a checkpoint's ``meta.json`` (or a run's ``config.json``) describes."""
+    from attnlab.models import family
+
+    name = meta.get("family")
+    try:
+        model_cls, config_cls = family(name)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: expected a 'config' object describing the {name} model")
+    config = _config_from_dict(config_cls, config, where)
+    if not weights:
+        with torch.device("meta"):
+            return model_cls(config).eval()
+    return model_cls(config)
+
+
+def _config_from_dict(config_cls, values: dict, where: Path):
+    """``config_cls(**values)`` with unknown fields named (with the closest valid one)."""
+    import dataclasses
+
+    from attnlab.models.presets import closest
+
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ValueError(
+            f"{where}: config field {unknown[0]!r} is not a field of "
+            f"{config_cls.__name__}{closest(unknown[0], names)}"
+        )
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: invalid model config ({exc})") from None
+
+
+def _run_tokenizer(run_dir: Path) -> TextTokenizer | None:
+    from attnlab import tokenizers
+
+    directory = run_dir / "tokenizer"
+    return tokenizers.load(directory) if tokenizers.has_tokenizer(directory) else None
+
+
+def _read_attnlab(path: Path, which: str, weights: bool):
+    from attnlab.train import checkpoint
+
+    ckpt = checkpoint.resolve(path, which)
+    meta = checkpoint.read_meta(ckpt)
+    model = _build(meta, ckpt / "meta.json", weights)
+    if weights:
+        checkpoint.load_weights(model, ckpt)
+    run_dir = checkpoint.run_dir_of(ckpt)
+    train = meta.get("train")
+    tokenizer = _run_tokenizer(run_dir) if weights else None
+    return model.eval(), tokenizer, ckpt, train if isinstance(train, dict) else None
+
+
+# -- Hugging Face directories and GGUF files ------------------------------------------------------
+
+
+def _is_hf(path: Path) -> bool:
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return False
+    try:
+        return "model_type" in _read_json(path / "config.json")
+    except ValueError:
+        return False
+
+
+def _read_hf(path: Path, which: str, weights: bool):
+    from attnlab import tokenizers
+    from attnlab.convert import load_hf
+
+    model = load_hf(path, weights=weights)
+    tokenizer = tokenizers.load(path) if weights and tokenizers.has_tokenizer(path) else None
+    return model, tokenizer, path, None
+
+
+def _is_gguf(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    if path.suffix == ".gguf":
+        return True
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _gguf_skeleton(path: Path) -> nn.Module:
+    """The model a GGUF file describes, built on the meta device from its header alone (the
+    metadata and the tensor shapes): no tensor data is read or dequantized."""
+    from attnlab.convert import gguf
+
+    meta, shapes = gguf.check_gguf(path)
+    arch = meta.get("general.architecture")
+    if arch not in gguf.ARCHITECTURES:
+        raise ValueError(
+            f"{path}: architecture {arch!r} is not supported yet; "
+            f"supported: {', '.join(gguf.ARCHITECTURES)}"
+        )
+    family = gguf.ARCHITECTURES[arch]
+    tensors = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    config = family.config_from_gguf(meta, tensors, str(path))
+    with torch.device("meta"):
+        return family.MODEL(config).eval()
+
+
+def _read_gguf(path: Path, which: str, weights: bool):
+    from attnlab import tokenizers
+    from attnlab.convert.gguf import load_gguf
+
+    if not weights:
+        return _gguf_skeleton(path), None, path, None
+    return load_gguf(path), tokenizers.load(path), path, None
+
+
+# Tried in this order: a checkpoint directory before a run (a run holds checkpoints), attnlab's
+# own config.json before a Hugging Face one.
+SOURCES: list[Source] = [
+    Source("gguf", _is_gguf, _read_gguf),
+    Source("checkpoint", _is_checkpoint, _read_attnlab),
+    Source("run", _is_run, _read_attnlab),
+    Source("hf", _is_hf, _read_hf),
+]
+
+
+def source_kind(source: str | os.PathLike) -> str:
+    """Which kind of :data:`SOURCES` ``source`` is; ValueError (FileNotFoundError for a path that
+    does not exist) naming the source and what it holds otherwise."""
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory (expected {EXPECTED})")
+    for entry in SOURCES:
+        if entry.detect(path):
+            return entry.kind
+    if path.is_dir():
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
+        raise ValueError(f"{path}: expected {EXPECTED}; the directory holds {found}")
+    raise ValueError(f"{path}: expected {EXPECTED}, got a file of another kind")
+
+
+def load(
+    source: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    which: str = "best",
+) -> Loaded:
+    """The model and tokenizer stored at ``source`` (see the module docstring for the kinds).
+
+    Args:
+        source: a run directory, a checkpoint directory, a Hugging Face directory or a GGUF file.
+        device: where to put the model ("cpu", "cuda", ...); ``"meta"`` reads the configuration
+            only and builds the model without weights (and without the tokenizer).
+        dtype: floating-point dtype of the weights (default: as stored, fp32 for quantized GGUF).
+        which: for a run directory, its "best" checkpoint (the default; the latest when the run
+            records no best) or its "latest".
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: it is not a source of any kind, or it is damaged; the message names the file
+            and what was expected.
+    """
+    if which not in ("best", "latest"):
+        raise ValueError(f"which: expected 'best' or 'latest', got {which!r}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+    path = Path(source)
+    kind = source_kind(path)
+    reader = next(entry.read for entry in SOURCES if entry.kind == kind)
+    weights = device is None or torch.device(device).type != "meta"
+    model, tokenizer, where, train = reader(path, which, weights)
+    check_pair(model, tokenizer, path)
+    if weights and (device is not None or dtype is not None):
+        model = model.to(device=device, dtype=dtype)
+    return Loaded(model.eval(), tokenizer, kind, where, train)
+
+
+def check_pair(model: nn.Module, tokenizer: TextTokenizer | None, source: Path) -> None:
+    """Refuse a tokenizer whose ids the model cannot embed (more ids than embedding rows).
+
+    A tokenizer with fewer ids than the model is fine (tables are often padded to a multiple of
+    64); generation then never samples the ids the tokenizer cannot decode.
+    """
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if tokenizer is None or vocab is None:
+        return
+    if tokenizer.vocab_size > vocab:
+        raise ValueError(
+            f"{source}: the tokenizer has {tokenizer.vocab_size:,} ids but the model's "
+            f"embedding has {vocab:,} rows (vocab_size); ids from {vocab:,} up cannot be "
+            "embedded, so the tokenizer does not belong to this model"
+        )
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+FORMATS = ("run", "hf")
+
+
+def save_run(
+    model: nn.Module,
+    tokenizer: TextTokenizer | None,
+    directory: str | os.PathLike,
+    *,
+    source: str | None = None,
+) -> Path:
+    """Write ``model`` and ``tokenizer`` into ``directory`` (new or empty) as an attnlab run that
+    every command and :func:`load` read: ``config.json`` (the model family and config),
+    ``tokenizer/`` and one checkpoint, ``checkpoints/step-0000000``. Returns the directory."""
+    from attnlab.files import atomic_write_text
+    from attnlab.train import checkpoint
+
+    directory = Path(directory)
+    meta = {"source": source, "tokenizer": None}
+    if tokenizer is not None:
+        tokenizer.save(directory / "tokenizer")
+        meta["tokenizer"] = "tokenizer"
+    checkpoint.save(directory, 0, model, {}, meta)
+    config = {"train": None, **checkpoint.model_meta(model), "source": source}
+    atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def save_hf_with_tokenizer(
+    model: nn.Module, tokenizer: TextTokenizer | None, directory: str | os.PathLike
+) -> Path:
+    """Write ``model`` as a Hugging Face directory (:func:`attnlab.convert.save_hf`) with its
+    tokenizer as ``tokenizer.json`` (a character vocabulary becomes an equivalent
+    ``tokenizers`` word-level model), which transformers' ``AutoTokenizer`` reads."""
+    from attnlab.convert import save_hf
+
+    directory = Path(directory)
+    save_hf(model, directory)
+    if tokenizer is not None:
+        to_tokenizer = getattr(tokenizer, "to_tokenizer", None)
+        (to_tokenizer() if to_tokenizer else tokenizer).save(directory)
+    return directory
+
+
+def convert(
+    source: str | os.PathLike, destination: str | os.PathLike, *, to: str | None = None
+) -> tuple[Path, str]:
+    """Read ``source`` (any kind :func:`load` reads) and write it to ``destination`` as an attnlab
+    run (``to="run"``) or a Hugging Face directory (``to="hf"``); by default attnlab runs and
+    checkpoints become Hugging Face directories and everything else becomes a run. Returns the
+    destination and the format written.
+
+    The destination must not exist or be an empty directory. The output is written whole into a
+    hidden temporary sibling and renamed into place once complete, under a lock beside it, so a
+    killed or concurrent conversion never leaves a directory that looks complete; temporaries
+    left by a killed conversion are removed by the next one.
+    """
+    from attnlab.files import atomic_directory
+
+    if to is not None and to not in FORMATS:
+        raise ValueError(f"to: expected one of {', '.join(FORMATS)}, got {to!r}")
+    kind = source_kind(source)
+    to = to or ("hf" if kind in ("run", "checkpoint") else "run")
+    with atomic_directory(destination, purpose="convert") as tmp:
+        model, tokenizer = load(source)
+        if to == "hf":
+            save_hf_with_tokenizer(model, tokenizer, tmp)
+        else:
+            save_run(model, tokenizer, tmp, source=str(Path(source).resolve()))
+    return Path(destination), to

@@ -138,13 +138,17 @@ def _is_decoder(model: nn.Module, block: nn.Module) -> bool:
     decoder = getattr(model, "decoder", None)
     if isinstance(decoder, nn.ModuleList):
         return any(block is b for b in decoder)
-    return type(model).__name__ == "GPT"
+    from attnlab.models.gpt import GPT
+
+    return isinstance(model, GPT)
 
 
 def _describe(model: nn.Module) -> str:
     config = getattr(model, "config", None)
+    from attnlab.models.gpt import GPT
+
     name = type(model).__name__
-    if name == "GPT":
+    if isinstance(model, GPT):
         flavour = "Llama" if config.position == "rope" and config.mlp == "swiglu" else "GPT-2"
         if config.position == "alibi":
             flavour = "ALiBi"

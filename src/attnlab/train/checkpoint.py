@@ -78,8 +78,10 @@ def best(run_dir: Path) -> Path | None:
 
 
 def model_meta(model: nn.Module) -> dict[str, Any]:
-    """Enough to rebuild ``model``: its class name and config fields."""
-    return {"family": type(model).__name__, "config": dataclasses.asdict(model.config)}
+    """Enough to rebuild ``model``: its family name and config fields."""
+    from attnlab.models import family_name
+
+    return {"family": family_name(model), "config": dataclasses.asdict(model.config)}
 
 
 def save(
@@ -220,20 +222,11 @@ def resolve(path: str | os.PathLike, which: str = "best") -> Path:
 
 
 def load_model(path: str | os.PathLike) -> nn.Module:
-    """The model stored in an attnlab checkpoint (or a run directory's best one), in eval mode."""
-    from attnlab import models
+    """The model stored in an attnlab checkpoint (or a run directory's best one), in eval mode:
+    :func:`attnlab.load`'s model."""
+    from attnlab.loader import load
 
-    path = resolve(path)
-    meta = read_meta(path)
-    families = {model_cls.__name__: (model_cls, cfg) for _, model_cls, cfg in models.FAMILIES}
-    if meta.get("family") not in families:
-        raise CheckpointError(
-            f"checkpoint: {path} holds an unknown model family {meta.get('family')!r}"
-        )
-    model_cls, config_cls = families[meta["family"]]
-    model = model_cls(config_cls(**meta["config"]))
-    load_weights(model, path)
-    return model.eval()
+    return load(resolve(path)).model
 
 
 def run_dir_of(path: Path) -> Path:

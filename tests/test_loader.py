@@ -85,6 +85,11 @@ def test_which_picks_the_best_or_the_latest_checkpoint(run):
         attnlab.load(run, which="first")
 
 
+def test_a_folder_of_runs_points_to_them(run, tmp_path):
+    with pytest.raises(ValueError, match=r"directory holds run \(did you mean .*/run\?\)"):
+        attnlab.load(tmp_path)
+
+
 def test_unknown_sources_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing: no such file or directory"):
         attnlab.load(tmp_path / "nothing")

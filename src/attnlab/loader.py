@@ -259,7 +259,9 @@ def source_kind(source: str | os.PathLike) -> str:
             return entry.kind
     if path.is_dir():
         found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
-        raise ValueError(f"{path}: expected {EXPECTED}; the directory holds {found}")
+        inside = sorted(str(p) for p in path.iterdir() if any(e.detect(p) for e in SOURCES))
+        hint = f" (did you mean {', '.join(inside[:3])}?)" if inside else ""
+        raise ValueError(f"{path}: expected {EXPECTED}; the directory holds {found}{hint}")
     raise ValueError(f"{path}: expected {EXPECTED}, got a file of another kind")
 
 

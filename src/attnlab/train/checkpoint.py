@@ -78,10 +78,16 @@ def best(run_dir: Path) -> Path | None:
 
 
 def model_meta(model: nn.Module) -> dict[str, Any]:
-    """Enough to rebuild ``model``: its family name and config fields."""
+    """Enough to rebuild ``model``: its family name and config fields. A model outside the
+    families (any module with a dataclass ``config`` can be trained) is recorded by its class
+    name, which :func:`attnlab.load` then refuses by name."""
     from attnlab.models import family_name
 
-    return {"family": family_name(model), "config": dataclasses.asdict(model.config)}
+    try:
+        name = family_name(model)
+    except TypeError:
+        name = type(model).__name__
+    return {"family": name, "config": dataclasses.asdict(model.config)}
 
 
 def save(

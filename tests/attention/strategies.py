@@ -95,6 +95,24 @@ def any_bias(draw, b: int, h: int, tq: int, tk: int):
     return bias_lib.from_tensor(t) + bias_lib.alibi(h), [t]
 
 
+# Half precisions and the largest q magnitude drawn for them: with |q| up to 1e4 the logits reach
+# about 1e4 * sqrt(D) before scaling, past float16's 65504 and far past bfloat16's 8-bit mantissa.
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+MAGNITUDES = (1.0, 30.0, 1e3, 1e4)
+
+
+@st.composite
+def low_precision_qkv(draw, b: int, h: int, hkv: int, tq: int, tk: int, d: int, dv: int):
+    """q, k, v in float16 or bfloat16, q scaled by a drawn magnitude (up to 1e4): large logits."""
+    dtype = draw(st.sampled_from(LOW_PRECISION_DTYPES))
+    magnitude = draw(st.sampled_from(MAGNITUDES))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    q = torch.randn(b, h, tq, d, generator=gen) * magnitude
+    k = torch.randn(b, hkv, tk, d, generator=gen)
+    v = torch.randn(b, hkv, tk, dv, generator=gen)
+    return tuple(t.to(dtype) for t in (q, k, v))
+
+
 EMPTY_ROW_CASES = ["padding_zero", "causal_tq_gt_tk", "document_cross", "tensor_all_false"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -61,7 +62,14 @@ CASES = [
         lambda q, k, v: attend(q, k, v, bias=torch.zeros(1, 1, 5, 7)),
         r"bias: expected a shape broadcastable to",
     ),
-    ("scale", lambda q, k, v: attend(q, k, v, scale=-1.0), "scale: expected a positive float"),
+    ("scale", lambda q, k, v: attend(q, k, v, scale=-1.0), "scale: expected a positive finite"),
+    ("scale inf", lambda q, k, v: attend(q, k, v, scale=math.inf), "scale: expected a positive"),
+    ("scale nan", lambda q, k, v: attend(q, k, v, scale=math.nan), "scale: expected a positive"),
+    (
+        "head dim 0",
+        lambda q, k, v: attend(q[..., :0], k[..., :0], v),
+        r"q: expected head dim D >= 1, got shape \(2, 4, 5, 0\)",
+    ),
     ("dropout", lambda q, k, v: attend(q, k, v, dropout_p=1.5), r"dropout_p: expected a float in"),
     (
         "unknown backend",
@@ -108,3 +116,30 @@ def test_auto_without_any_backend_lists_every_reason(monkeypatch):
     for name in ("sdpa", "chunked", "flex"):
         assert f"{name}: " in text
     assert text.count("cannot return attention weights") == 3
+
+
+BACKENDS = ["reference", "sdpa", "chunked", "auto"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mask", [None, masks.causal(), masks.sliding_window(2)])
+@pytest.mark.parametrize(
+    "dims", [(0, 2, 5, 6, 8), (2, 2, 0, 6, 8), (2, 2, 5, 6, 0)], ids=["B=0", "Tq=0", "Dv=0"]
+)
+def test_empty_dims_give_an_empty_output_on_every_backend(backend, mask, dims):
+    # PyTorch's SDPA returns an empty output for these; every backend agrees, with gradients.
+    b, hkv, tq, tk, dv = dims
+    q = torch.randn(b, 2 * hkv, tq, 4, requires_grad=True)
+    k = torch.randn(b, hkv, tk, 4, requires_grad=True)
+    v = torch.randn(b, hkv, tk, dv, requires_grad=True)
+    out = attend(q, k, v, mask=mask, backend=backend)
+    assert out.shape == (b, 2 * hkv, tq, dv)
+    out.sum().backward()
+    assert q.grad.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_keys_give_zeros_on_every_backend(backend):
+    q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 0, 8), torch.randn(2, 2, 0, 3)
+    out = attend(q, k, v, mask=masks.causal(), backend=backend)
+    assert out.shape == (2, 4, 5, 3) and out.abs().sum() == 0

@@ -1,10 +1,22 @@
-"""``attend()``: the one entry point to every attention backend."""
+"""``attend()``: the one entry point to every attention backend.
+
+Every backend follows the same rules, so that switching backends never changes what a call
+means:
+
+* Query rows whose keys are all masked give zeros (and zero gradients), never NaN.
+* A NaN propagates exactly to the output rows that see it: a NaN in query row i makes output
+  row i NaN and no other (unless row i attends to no key: then it is zeros, as above); a NaN in
+  a key or value makes NaN the rows that attend to it; a key or value masked out for a row never
+  affects that row, whatever it holds (NaN, inf: padding may be garbage). See
+  :mod:`attnlab.attention.nonfinite`.
+* B = 0 (or Tq = 0, Dv = 0) gives an empty output; Tk = 0 gives zeros.
+"""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from attnlab.attention import dispatch
+from attnlab.attention import dispatch, nonfinite
 from attnlab.attention.bias import Bias
 from attnlab.attention.call import make_call
 from attnlab.attention.masks import Mask
@@ -44,6 +56,9 @@ def attend(
     Returns:
         The output (B, H, Tq, Dv), or ``(output, weights)`` with ``return_weights=True``.
         Query rows whose keys are all masked give zeros (and zero gradients), never NaN.
+        A NaN reaches exactly the output rows that see it: a NaN in query row i makes row i
+        NaN only, and a NaN in a key or value affects only the rows that attend to it (a
+        masked key or value is ignored, whatever it holds).
     """
     call = make_call(
         q,
@@ -55,7 +70,7 @@ def attend(
         dropout_p=dropout_p,
         return_weights=return_weights,
     )
-    out, weights = dispatch.select_backend(call, backend).forward(call)
+    out, weights = nonfinite.contain(call, dispatch.select_backend(call, backend).forward)
     return (out, weights) if return_weights else out
 
 

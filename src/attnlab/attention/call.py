@@ -134,6 +134,9 @@ def make_call(
         if t.dtype != q.dtype:
             raise TypeError(f"{name}: expected dtype {q.dtype} like q, got {t.dtype}")
     b, h, _, d = q.shape
+    if d == 0:
+        # No default scale (1 / sqrt(0)) and no scores: an empty head dim is a mistake.
+        raise ValueError(f"q: expected head dim D >= 1, got shape {tuple(q.shape)}")
     for name, t in (("k", k), ("v", v)):
         if t.shape[0] != b:
             raise ValueError(f"{name}: expected batch size {b} like q, got {t.shape[0]}")
@@ -172,8 +175,12 @@ def make_call(
 
     if scale is None:
         scale = 1.0 / math.sqrt(d)
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"scale: expected a positive float or None, got {scale!r}")
+    elif (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not 0 < scale < math.inf  # also refuses NaN
+    ):
+        raise ValueError(f"scale: expected a positive finite float or None, got {scale!r}")
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
         raise TypeError(f"dropout_p: expected a float in [0, 1), got {dropout_p!r}")
     if not 0.0 <= dropout_p < 1.0:

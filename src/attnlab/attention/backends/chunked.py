@@ -12,6 +12,12 @@ masking, so causal attention does about half the work and a sliding window of wi
 w / Tk of it. Masks and biases are evaluated per tile from their index-function definitions,
 so nothing of size Tq * Tk is ever built. Learnable biases get their gradients tile by tile.
 
+Precision: float16 and bfloat16 inputs are upcast once per call and every tile product,
+softmax statistic and gradient is computed in float32, like the reference: a float16 score
+q · k overflows above 65504, and a bfloat16 score keeps 8 bits, so large logits would give NaN
+or errors far beyond the reference's. The backward pass uses the float32 output for its
+correction term rowsum(dO * O). The cost is O(T * D) memory for the float32 copies.
+
 Layout: grouped-query heads are folded into the rows of each tile, so one batched matmul per
 tile serves all G query heads of a key/value head and sums their key/value gradients for free.
 
@@ -100,11 +106,12 @@ def _unfold(x: Tensor, groups: int) -> Tensor:
 def _tile_rows(x: Tensor, rows: slice, groups: int) -> Tensor:
     """Rows ``rows`` of a (B, H, T, X) tensor in folded layout (B, Hkv, G * bq, X)."""
     b, h, _, n = x.shape
-    return x[:, :, rows].reshape(b, h // groups, -1, n)
+    # Explicit sizes (no -1): a reshape cannot infer a dimension of an empty (B = 0) tensor.
+    return x[:, :, rows].reshape(b, h // groups, groups * (rows.stop - rows.start), n)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Softmax statistics and gradients accumulate in at least float32."""
+    """Scores, softmax statistics, products and gradients are computed in at least float32."""
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -151,8 +158,11 @@ def _build_plan(spec: _Spec, device: torch.device) -> list[list[tuple[int, int]]
 def _scores(
     spec: _Spec, qi: Tensor, kj: Tensor, i: int, j: int, kind: int, device: torch.device
 ) -> Tensor:
-    """Tile scores (B, Hkv, R, bk) at accumulation precision, biased, masked entries at -inf."""
-    s = _acc(qi @ kj.transpose(-2, -1)) * spec.scale
+    """Tile scores (B, Hkv, R, bk), biased, masked entries at -inf.
+
+    ``qi`` is already scaled and, like ``kj``, at accumulation precision, so the product never
+    rounds to half precision (fp16 overflows above 65504; bf16 keeps 8 bits of a logit)."""
+    s = qi @ kj.transpose(-2, -1)
     if spec.bias is None and kind == FULL:
         return s
     q_idx = torch.arange(spec.rows(i).start, spec.rows(i).stop, device=device)
@@ -166,13 +176,23 @@ def _scores(
     return s
 
 
+def _upcast(spec: _Spec, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q already scaled, k and v, at accumulation precision (no copy for float32 k and v).
+
+    Half-precision inputs are upcast once per call, O(T * D) memory, so that every tile product
+    is exact to float32 like the reference's, instead of rounding scores to half precision."""
+    return _acc(q) * spec.scale, _acc(k), _acc(v)
+
+
 def _forward(spec: _Spec, q: Tensor, k: Tensor, v: Tensor, plan: list) -> tuple[Tensor, Tensor]:
-    """Output (B, H, Tq, Dv) in q's dtype, and log-sum-exp (B, H, Tq, 1) of the scores."""
+    """Output (B, H, Tq, Dv) and log-sum-exp (B, H, Tq, 1) of the scores, both at
+    accumulation precision."""
     g, device = spec.groups, q.device
     b, dv = q.shape[0], v.shape[-1]
-    out = torch.empty(b, spec.heads, spec.tq, dv, dtype=q.dtype, device=device)
     acc_dtype = _acc_dtype(q.dtype)
+    out = torch.empty(b, spec.heads, spec.tq, dv, dtype=acc_dtype, device=device)
     lse = torch.empty(b, spec.heads, spec.tq, 1, dtype=acc_dtype, device=device)
+    q, k, v = _upcast(spec, q, k, v)
     for i, tiles in enumerate(plan):
         rows = spec.rows(i)
         qi = _tile_rows(q, rows, g)  # (B, Hkv, R, D)
@@ -189,10 +209,10 @@ def _forward(spec: _Spec, q: Tensor, k: Tensor, v: Tensor, plan: list) -> tuple[
             p = torch.exp(s - m_safe)
             alpha = torch.exp(m - m_safe)
             l = l * alpha + p.sum(-1, keepdim=True)
-            acc = acc * alpha + _acc(p.to(v.dtype) @ v[:, :, cols])
+            acc = acc * alpha + p @ v[:, :, cols]
             m = m_new
         empty = l == 0
-        out[:, :, rows] = _unfold(acc / l.masked_fill(empty, 1.0), g).to(q.dtype)
+        out[:, :, rows] = _unfold(acc / l.masked_fill(empty, 1.0), g)
         # Empty rows get lse = +inf, so recomputed probabilities exp(s - lse) are exactly 0.
         lse[:, :, rows] = _unfold((m + torch.log(l)).masked_fill(empty, float("inf")), g)
     return out, lse
@@ -209,14 +229,20 @@ def _backward(
     plan: list,
 ) -> tuple[Tensor, Tensor, Tensor, list[Tensor | None]]:
     g, device = spec.groups, q.device
+    dtypes = q.dtype, k.dtype, v.dtype
     acc_dtype = _acc_dtype(q.dtype)
     dq = torch.zeros(q.shape, dtype=acc_dtype, device=device)
     dk = torch.zeros(k.shape, dtype=acc_dtype, device=device)
     dv = torch.zeros(v.shape, dtype=acc_dtype, device=device)
     bias_params = spec.bias.params() if spec.bias is not None else ()
     bias_grads: list[Tensor | None] = [None] * len(bias_params)
-    # D_i = rowsum(dO_i * O_i): the softmax backward's correction term, one per query row.
-    delta = (_acc(dout) * _acc(out)).sum(-1, keepdim=True)  # (B, H, Tq, 1)
+    dout = _acc(dout)
+    # D_i = rowsum(dO_i * O_i): the softmax backward's correction term, one per query row. O is
+    # the unrounded output: with peaked softmax rows dP - D cancels, and a half-precision O
+    # would leave mostly its rounding error in the gradients of q and k.
+    delta = (dout * out).sum(-1, keepdim=True)  # (B, H, Tq, 1)
+    # The same scaled, upcast q, k, v as the forward pass, so recomputed scores match it exactly.
+    q, k, v = _upcast(spec, q, k, v)
     for i, tiles in enumerate(plan):
         rows = spec.rows(i)
         qi = _tile_rows(q, rows, g)  # (B, Hkv, R, D)
@@ -228,8 +254,8 @@ def _backward(
             cols = spec.cols(j)
             kj, vj = k[:, :, cols], v[:, :, cols]
             p = torch.exp(_scores(spec, qi, kj, i, j, kind, device) - lse_i)  # (B, Hkv, R, bk)
-            dv[:, :, cols] += _acc(p.transpose(-2, -1).to(doi.dtype) @ doi)
-            dp = _acc(doi @ vj.transpose(-2, -1))  # (B, Hkv, R, bk)
+            dv[:, :, cols] += p.transpose(-2, -1) @ doi
+            dp = doi @ vj.transpose(-2, -1)  # (B, Hkv, R, bk)
             ds = p * (dp - delta_i)  # d(loss)/d(biased scores)
             if spec.bias is not None and bias_grads:
                 q_idx = torch.arange(rows.start, rows.stop, device=device)
@@ -243,17 +269,21 @@ def _backward(
                     spec.offset,
                     _unfold(ds, g),
                 )
-            ds = ds.to(q.dtype)
-            dqi += _acc(ds @ kj)
-            dk[:, :, cols] += _acc(ds.transpose(-2, -1) @ qi)
+            dqi += ds @ kj
+            # qi holds q * scale, so this is already d(loss)/dk = scale * dsᵀ q.
+            dk[:, :, cols] += ds.transpose(-2, -1) @ qi
         dq[:, :, rows] = _unfold(dqi, g)
     # A parameter no visited tile touched still gets a (zero) gradient, as autograd would give.
     bias_grads = [
         torch.zeros_like(p) if g is None and p.requires_grad else g
         for p, g in zip(bias_params, bias_grads, strict=True)
     ]
-    scale = spec.scale
-    return (dq * scale).to(q.dtype), (dk * scale).to(k.dtype), dv.to(v.dtype), bias_grads
+    return (
+        (dq * spec.scale).to(dtypes[0]),
+        dk.to(dtypes[1]),
+        dv.to(dtypes[2]),
+        bias_grads,
+    )
 
 
 class _ChunkedFunction(torch.autograd.Function):
@@ -263,7 +293,7 @@ class _ChunkedFunction(torch.autograd.Function):
         out, lse = _forward(spec, q, k, v, plan)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.spec, ctx.plan = spec, plan
-        return out
+        return out.to(q.dtype)  # the same tensor for float32 and float64 inputs
 
     @staticmethod
     def backward(ctx, dout: Tensor):

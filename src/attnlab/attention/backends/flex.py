@@ -55,6 +55,25 @@ def _backward_probe(device_type: str) -> str:
     return ""
 
 
+@functools.cache
+def _forward_probe(device_type: str) -> str:
+    """'' when the compiled FlexAttention kernel can be trusted on ``device_type``, else why not.
+
+    On CPUs without AVX-512 (an AVX2 AMD EPYC, torch 2.13) the generated CPU kernel returns
+    wrong values or NaN for some masks even in fp32, and not in every process alike, so no
+    probe call can vouch for it; it is refused there. With AVX-512 it matches the reference in
+    every test."""
+    if device_type != "cpu":
+        return ""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability.startswith("AVX512"):
+        return ""
+    return (
+        f"its compiled kernel gives wrong results on CPUs without AVX-512 in torch "
+        f"{torch.__version__} (this one: {capability})"
+    )
+
+
 def _has_compiler(device_type: str) -> bool:
     # Inductor's CPU code generation needs a C++ compiler; GPU code goes through Triton.
     return device_type != "cpu" or any(shutil.which(c) for c in ("g++", "c++", "clang++"))
@@ -95,6 +114,8 @@ class FlexBackend(Backend):
         reasons = []
         if not _has_compiler(call.device.type):
             reasons.append("no C++ compiler found for torch.compile on CPU")
+        elif call.device.type in self.capabilities.devices and _forward_probe(call.device.type):
+            reasons.append(_forward_probe(call.device.type))
         if call.needs_grad and call.device.type in self.capabilities.devices:
             why = _backward_probe(call.device.type)
             if why:

@@ -194,7 +194,7 @@ def test_rows_with_no_key_give_zero_not_nan(backend, case):
 
 def test_flex_refuses_training_on_cpu_with_the_reason():
     q, k, v = _inputs(1, 2, 2, 8, 8, 16, 16)
-    with pytest.raises(ValueError, match="'flex' cannot run this call: .*no backward on cpu"):
+    with pytest.raises(ValueError, match=r"'flex' cannot run this call: .*no backward on cpu"):
         attend(q, k, v, backend="flex")
 
 

@@ -39,6 +39,10 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> No
         time.sleep(0.05)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigkill_then_resume_equals_uninterrupted(tiny_lm, tmp_path):
     # Dropout on, so the RNG state must be restored too, not only the data position.
     args = [*tiny_lm, "max_steps=60", "eval_every=20", "dropout=0.1", "sample_length=0"]
@@ -85,6 +89,9 @@ def test_ctrl_c_saves_the_last_step_and_exits_cleanly(tiny_lm, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background inherits SIGINT ignored (as `nohup` and `cmd &` set
+        # it); the run under test gets the default, as in a terminal.
+        preexec_fn=_default_sigint,
     )  # fmt: skip
     _wait_for(run / "checkpoints" / "step-0000020", process)
     process.send_signal(signal.SIGINT)

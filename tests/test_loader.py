@@ -125,6 +125,30 @@ def test_a_hand_edited_run_config_is_named(run):
         attnlab.load(run)
 
 
+def test_a_config_claiming_other_sizes_is_refused_before_building(run, monkeypatch):
+    meta_file = run / "checkpoints" / "step-0000000" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["config"]["n_layer"] = 10**9  # would build a billion blocks
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"meta.json: config n_layer=1000000000, but the weig"):
+        attnlab.load(run)
+    meta["config"]["n_layer"], meta["config"]["dim"] = 1, 2**20  # a 12 x 2**20 embedding
+    meta_file.write_text(json.dumps(meta))
+    monkeypatch.setattr(GPT, "__init__", _no_real_build(GPT.__init__))
+    with pytest.raises(ValueError, match=r"tensor '[a-z_.0-9]+' has shape .* describes"):
+        attnlab.load(run)
+
+
+def _no_real_build(init):
+    """GPT.__init__ that fails unless it builds on the meta device (allocates nothing)."""
+
+    def checked(self, config):
+        assert torch.empty(0).device.type == "meta", "a model was allocated before the check"
+        init(self, config)
+
+    return checked
+
+
 def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
     chars = CharTokenizer.from_text("abcdefgh")
     save_run(tiny_gpt(5), chars, tmp_path / "run")

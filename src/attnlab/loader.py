@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,10 +135,37 @@ def _build(meta: dict, where: Path, weights: bool) -> nn.Module:
     if not isinstance(config, dict):
         raise ValueError(f"{where}: expected a 'config' object describing the {name} model")
     config = _config_from_dict(config_cls, config, where)
-    if not weights:
-        with torch.device("meta"):
-            return model_cls(config).eval()
-    return model_cls(config)
+    with torch.device("meta"):  # sized first, allocated only once the weights agree
+        return model_cls(config).eval()
+
+
+# Stacks of blocks in attnlab's own tensor names, and the config field that counts each.
+STACKS = {"blocks": "n_layer", "encoder": "n_layer", "decoder": "n_decoder_layer"}
+
+
+def _check_layers(config: dict, stored: dict[str, tuple[int, ...]], where: Path) -> None:
+    """The number of blocks the config claims is the number the weights hold, checked before
+    any module is built (a config edited to claim 10**9 layers would otherwise build them)."""
+    for stack, field in STACKS.items():
+        indices = {int(k.split(".")[1]) for k in stored if re.match(rf"{stack}\.\d+\.", k)}
+        claimed = config.get(field) if config.get(field) is not None else config.get("n_layer")
+        if indices and isinstance(claimed, int) and claimed != len(indices):
+            raise ValueError(
+                f"{where}: config {field}={claimed!r}, but the weights hold {len(indices)} "
+                f"blocks ({stack}.N)"
+            )
+
+
+def _check_shapes(model: nn.Module, stored: dict[str, tuple[int, ...]], weights: Path) -> None:
+    """The tensors in the ``weights`` file (read from its header only) have the shapes
+    ``model`` (on the meta device) gives them: a config edited or damaged to claim other sizes
+    is refused before anything of that size is allocated."""
+    for name, tensor in model.state_dict().items():
+        if name in stored and stored[name] != tuple(tensor.shape):
+            raise ValueError(
+                f"{weights}: tensor {name!r} has shape {stored[name]}, but the checkpoint's "
+                f"config describes {tuple(tensor.shape)}"
+            )
 
 
 def _config_from_dict(config_cls, values: dict, where: Path):
@@ -167,12 +195,18 @@ def _run_tokenizer(run_dir: Path) -> TextTokenizer | None:
 
 
 def _read_attnlab(path: Path, which: str, weights: bool):
+    from attnlab.convert.hf import _header
     from attnlab.train import checkpoint
 
     ckpt = checkpoint.resolve(path, which)
     meta = checkpoint.read_meta(ckpt)
+    stored = _header(ckpt / "model.safetensors") if weights else {}
+    if isinstance(meta.get("config"), dict):
+        _check_layers(meta["config"], stored, ckpt / "meta.json")
     model = _build(meta, ckpt / "meta.json", weights)
     if weights:
+        _check_shapes(model, stored, ckpt / "model.safetensors")
+        model = type(model)(model.config)  # now allocated: the sizes agree with the weights
         checkpoint.load_weights(model, ckpt)
     run_dir = checkpoint.run_dir_of(ckpt)
     train = meta.get("train")

@@ -244,31 +244,12 @@ def _is_gguf(path: Path) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def _gguf_skeleton(path: Path) -> nn.Module:
-    """The model a GGUF file describes, built on the meta device from its header alone (the
-    metadata and the tensor shapes): no tensor data is read or dequantized."""
-    from attnlab.convert import gguf
-
-    meta, shapes = gguf.check_gguf(path)
-    arch = meta.get("general.architecture")
-    if arch not in gguf.ARCHITECTURES:
-        raise ValueError(
-            f"{path}: architecture {arch!r} is not supported yet; "
-            f"supported: {', '.join(gguf.ARCHITECTURES)}"
-        )
-    family = gguf.ARCHITECTURES[arch]
-    tensors = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
-    config = family.config_from_gguf(meta, tensors, str(path))
-    with torch.device("meta"):
-        return family.MODEL(config).eval()
-
-
 def _read_gguf(path: Path, which: str, weights: bool):
     from attnlab import tokenizers
     from attnlab.convert.gguf import load_gguf
 
     if not weights:
-        return _gguf_skeleton(path), None, path, None
+        return load_gguf(path, weights=False), None, path, None
     return load_gguf(path), tokenizers.load(path), path, None
 
 

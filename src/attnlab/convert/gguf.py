@@ -311,16 +311,19 @@ def _tensors(reader: gguf.GGUFReader, path: Path) -> dict[str, Tensor]:
     return {t.name: dequantize(t, str(path)) for t in reader.tensors}
 
 
-def load_gguf(path: str | os.PathLike) -> nn.Module:
+def load_gguf(path: str | os.PathLike, *, weights: bool = True) -> nn.Module:
     """The attnlab model stored in a llama.cpp GGUF file, in eval mode with fp32 weights.
 
     Supported architectures: ``llama`` (as ``GPT`` in its Llama flavour: RMSNorm, SwiGLU, RoPE,
     grouped-query attention). Weights of the types in ``SUPPORTED`` are dequantized to fp32, so
-    the model computes what the quantized file describes, up to fp32 rounding.
+    the model computes what the quantized file describes, up to fp32 rounding. With
+    ``weights=False`` the model is built on the meta device from the header alone (metadata and
+    tensor shapes): no tensor data is read.
     """
     path = Path(path)
-    reader = _open(path)
-    meta = _read(reader, path, _metadata)
+    if path.is_dir():
+        raise ValueError(f"{path}: expected a .gguf file, got a directory")
+    meta, shapes = check_gguf(path)
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise ValueError(
@@ -329,7 +332,6 @@ def load_gguf(path: str | os.PathLike) -> nn.Module:
         )
     family = ARCHITECTURES[arch]
     # The configuration is checked against the tensor shapes before any tensor is dequantized.
-    shapes = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
     skeletons = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
     config = family.config_from_gguf(meta, skeletons, str(path))
     check_config_sizes(
@@ -342,6 +344,13 @@ def load_gguf(path: str | os.PathLike) -> nn.Module:
         config_source=f"{path} metadata",
         weights_source=str(path),
     )
+    if not weights:
+        with torch.device("meta"):
+            return family.MODEL(config).eval()
+    try:
+        reader = gguf.GGUFReader(path)  # the header was checked above
+    except Exception as exc:
+        raise ValueError(f"{path}: expected a GGUF file, could not read it ({exc})") from None
     tensors = _read(reader, path, lambda r: _tensors(r, path))
     del reader  # releases the memory map; every tensor has been copied out
     try:

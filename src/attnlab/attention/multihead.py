@@ -14,15 +14,19 @@ Dh head dim.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.attention import masks as mask_lib
-from attnlab.attention.backends import get_backend
 from attnlab.attention.bias import Bias, RelativePositionBias
 from attnlab.attention.kv_cache import KVCache
 from attnlab.attention.masks import Mask
+from attnlab.attention.points import make_points
 from attnlab.attention.scores import make_score
+from attnlab.attention.weights import PatternSource
 from attnlab.position.rope import RotaryEmbedding
 
 Position = RotaryEmbedding | RelativePositionBias | Bias | None
@@ -47,6 +51,8 @@ class MultiHeadAttention(nn.Module):
         score: scoring function name: "dot", "general", "cosine", "euclidean", "additive".
         backend: attention backend name, or "auto".
     """
+
+    POINTS = ("q", "k", "v", "pattern", "z", "out")
 
     def __init__(
         self,
@@ -95,6 +101,7 @@ class MultiHeadAttention(nn.Module):
             )
         self.position = position
         self.score = make_score(score, head_dim=head_dim, n_kv_heads=n_kv_heads)
+        make_points(self, self.POINTS)
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         b, t, _ = x.shape
@@ -108,9 +115,8 @@ class MultiHeadAttention(nn.Module):
         mask: Mask | Tensor | None = None,
         cache: KVCache | None = None,
         positions: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Attend from ``x`` (B, T, C) to itself, or to ``context`` (B, S, kv_dim).
+    ) -> Tensor:
+        """Attend from ``x`` (B, T, C) to itself, or to ``context`` (B, S, kv_dim): (B, T, C).
 
         Args:
             mask: an attnlab mask or boolean tensor (True = attend) over (B, H, T, S).
@@ -120,11 +126,11 @@ class MultiHeadAttention(nn.Module):
                 reused afterwards (the context's keys/values are computed once per sequence).
             positions: absolute positions of the queries, (T,) or (B, T), for RoPE; default
                 continues the cache (or 0..T-1 without one).
-            need_weights: also return attention weights (B, H, T, S); computed by the
-                "reference" backend when the configured one cannot return them.
 
-        Returns:
-            (B, T, C), or (output, weights) with ``need_weights``.
+        Hook points (see :mod:`attnlab.inspect`): ``q`` (B, H, T, Dh), ``k`` and ``v``
+        (B, Hkv, T, Dh) after projections and positions (this call's keys, before the cache),
+        ``pattern`` (B, H, T, S; computed only when hooked), ``z`` (B, H, T, Dh, each head's
+        output before the output projection) and ``out`` (B, T, C).
         """
         if x.dim() != 3:
             raise ValueError(f"x: expected 3 dims (B, T, C), got shape {tuple(x.shape)}")
@@ -132,7 +138,8 @@ class MultiHeadAttention(nn.Module):
         q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, Dh)
         if self.q_norm is not None:
             q = self.q_norm(q)
-        if context is not None and cache is not None and cache.length:
+        reuse = context is not None and cache is not None and cache.length
+        if reuse:
             k, v = cache.k[:, :, : cache.length], cache.v[:, :, : cache.length]  # reused
         else:
             k = self._heads(self.k_proj(source), self.n_kv_heads)  # (B, Hkv, S, Dh)
@@ -153,28 +160,40 @@ class MultiHeadAttention(nn.Module):
                 bias = self.position()
             elif isinstance(self.position, Bias):
                 bias = self.position
-        if cache is not None and not (context is not None and cache.length):
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if cache is not None and not reuse:
             k, v = cache.update(k, v)
 
         if isinstance(mask, Tensor):
             mask = mask_lib.from_tensor(mask)
-        backend = self.backend
-        if need_weights and backend != "auto" and not get_backend(backend).capabilities.weights:
-            backend = "reference"  # the weights are materialised by the eager kernel
-        result = self.score(
-            q,
-            k,
-            v,
-            mask=mask,
-            bias=bias,
-            dropout_p=self.dropout if self.training else 0.0,
-            backend=backend,
-            return_weights=need_weights,
-        )
-        out, weights = result if need_weights else (result, None)
-        b, _, t, _ = out.shape
-        out = self.out_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, H, T, Dh) -> (B, T, C)
-        return (out, weights) if need_weights else out
+        dropout_p = self.dropout if self.training else 0.0
+        q, k, scale = self.score.prepare(q, k)
+        pattern = None
+        if self.hook_pattern.active:
+            source = PatternSource(
+                q,
+                k,
+                mask=mask,
+                bias=bias,
+                scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]),
+                logits=self.score.logits,
+            )
+            pattern = self.hook_pattern.fire(source)
+        if pattern is None:
+            out = self.score.run(
+                q, k, v, scale=scale, mask=mask, bias=bias, dropout_p=dropout_p,
+                backend=self.backend,
+            )  # fmt: skip
+        else:
+            # A hook replaced the pattern: the output is its weighted sum of values, eagerly,
+            # so that gradients reach the replacement (attribution, patching).
+            g = self.n_heads // self.n_kv_heads
+            weights = F.dropout(pattern, dropout_p) if dropout_p else pattern
+            out = weights.to(v.dtype) @ v.repeat_interleave(g, dim=1)  # (B, H, T, Dh)
+        z = self.hook_z(out)  # (B, H, T, Dh)
+        b, _, t, _ = z.shape
+        out = self.out_proj(z.transpose(1, 2).reshape(b, t, -1))  # (B, H, T, Dh) -> (B, T, C)
+        return self.hook_out(out)
 
     def make_cache(
         self, batch: int, max_len: int, *, dtype: torch.dtype | None = None, device=None

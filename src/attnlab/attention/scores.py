@@ -11,7 +11,9 @@ so it runs on every backend (SDPA, FlexAttention, chunked) through :func:`attend
 * ``additive``: vᵀ tanh(W_q q + W_k k) (Bahdanau et al. 2015). It is not a dot product, so it
   builds (B, H, Tq, Tk, A) hidden activations and runs eagerly: O(Tq · Tk · A) memory per head.
 
-Each score is an ``nn.Module`` called like :func:`attend` minus ``scale`` (which it owns);
+Each score is an ``nn.Module`` called like :func:`attend` minus ``scale`` (which it owns), with
+``prepare(q, k)`` (the queries, keys and scale the kernel sees) and ``logits`` (the scores of a
+tile, for recomputing weights without the kernel);
 :func:`make_score` builds one by name, and :func:`register_score` adds new ones.
 
 Shapes: B batch, H query heads, Hkv key/value heads, Tq queries, Tk keys, D head dim,
@@ -30,28 +32,47 @@ from torch import Tensor, nn
 from attnlab.attention.api import attend
 from attnlab.attention.call import make_call
 from attnlab.attention.reference import softmax_attention
+from attnlab.attention.weights import dot_logits
 
 
 class DotProductScore(nn.Module):
-    """q·k / sqrt(D): the Transformer's scaled dot product."""
+    """q·k / sqrt(D): the Transformer's scaled dot product.
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor | tuple[Tensor, Tensor]:
-        return attend(q, k, v, **kwargs)
+    Every dot-product-family score is this class with another :meth:`prepare`: the transform
+    of queries and keys that turns the score into a plain scaled dot product, so the same
+    prepared tensors feed the kernel and any recomputation of the weights
+    (:class:`attnlab.attention.weights.PatternSource`)."""
+
+    def prepare(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float | None]:
+        """(queries, keys, scale) for the kernel; a None scale means 1 / sqrt(D)."""
+        return q, k, None
+
+    def logits(self, q: Tensor, k: Tensor, scale: float) -> Tensor:
+        """Scores of prepared q (B, h, r, D) against prepared k (B, h, Tk, D), float32."""
+        return dot_logits(q, k, scale)
+
+    def run(self, q: Tensor, k: Tensor, v: Tensor, *, scale: float | None, **kwargs) -> Tensor:
+        """Attention over prepared queries and keys (the output of :meth:`prepare`)."""
+        return attend(q, k, v, scale=scale, **kwargs)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
+        q, k, scale = self.prepare(q, k)
+        return self.run(q, k, v, scale=scale, **kwargs)
 
 
-class GeneralScore(nn.Module):
+class GeneralScore(DotProductScore):
     """Luong's multiplicative score qᵀ W k / sqrt(D); W starts as the identity (= dot)."""
 
     def __init__(self, head_dim: int, n_kv_heads: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.eye(head_dim).repeat(n_kv_heads, 1, 1))  # (Hkv, D, D)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor | tuple[Tensor, Tensor]:
+    def prepare(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float | None]:
         k = torch.einsum("bhtd,hed->bhte", k, self.weight)  # W k for every key: (B, Hkv, Tk, D)
-        return attend(q, k, v, **kwargs)
+        return q, k, None
 
 
-class CosineScore(nn.Module):
+class CosineScore(DotProductScore):
     """cos(q, k) · tau with a learnable temperature tau (kept as log tau, capped at 100)."""
 
     def __init__(self, init_temperature: float = 10.0, max_temperature: float = 100.0) -> None:
@@ -59,21 +80,20 @@ class CosineScore(nn.Module):
         self.log_temperature = nn.Parameter(torch.tensor(math.log(init_temperature)))
         self.max_log = math.log(max_temperature)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor | tuple[Tensor, Tensor]:
+    def prepare(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float | None]:
         tau = self.log_temperature.clamp(max=self.max_log).exp()
         # The temperature multiplies q, so gradients reach it through any backend.
-        q = F.normalize(q, dim=-1) * tau.to(q.dtype)
-        return attend(q, F.normalize(k, dim=-1), v, scale=1.0, **kwargs)
+        return F.normalize(q, dim=-1) * tau.to(q.dtype), F.normalize(k, dim=-1), 1.0
 
 
-class EuclideanScore(nn.Module):
+class EuclideanScore(DotProductScore):
     """-|q - k|² / sqrt(D): closer keys score higher (L2 attention, Kim et al. 2021)."""
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor | tuple[Tensor, Tensor]:
+    def prepare(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float | None]:
         scale = 1.0 / math.sqrt(q.shape[-1])
         q_aug = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)  # (B, H, Tq, D + 1)
         k_aug = torch.cat([2 * k, -k.square().sum(-1, keepdim=True)], dim=-1)  # (B, Hkv, Tk, D+1)
-        return attend(q_aug, k_aug, v, scale=scale, **kwargs)
+        return q_aug, k_aug, scale
 
 
 class AdditiveScore(nn.Module):
@@ -86,39 +106,42 @@ class AdditiveScore(nn.Module):
         self.w_k = nn.Linear(head_dim, hidden, bias=True)
         self.v = nn.Linear(hidden, 1, bias=False)
 
-    def forward(
+    def prepare(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float | None]:
+        return q, k, 1.0
+
+    def logits(self, q: Tensor, k: Tensor, scale: float = 1.0) -> Tensor:
+        """Scores of q (B, h, r, D) against k (B, h, Tk, D): (B, h, r, Tk)."""
+        hq = self.w_q(q)[:, :, :, None, :]  # (B, h, r, 1, A)
+        hk = self.w_k(k)[:, :, None, :, :]  # (B, h, 1, Tk, A)
+        return self.v(torch.tanh(hq + hk)).squeeze(-1) * scale
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
+        return self.run(q, k, v, scale=1.0, **kwargs)
+
+    def run(
         self,
         q: Tensor,
         k: Tensor,
         v: Tensor,
         *,
+        scale: float | None = 1.0,
         mask=None,
         bias=None,
         dropout_p: float = 0.0,
         backend: str = "auto",
-        return_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    ) -> Tensor:
         if backend not in ("auto", "reference"):
             raise ValueError(
                 f"backend: additive scores run eagerly; expected 'auto' or 'reference', "
                 f"got {backend!r}"
             )
         call = make_call(
-            q,
-            k,
-            v,
-            mask=mask,
-            bias=bias,
-            scale=None,
-            dropout_p=dropout_p,
-            return_weights=return_weights,
+            q, k, v, mask=mask, bias=bias, scale=None, dropout_p=dropout_p, return_weights=False
         )
         g = call.groups
-        hq = self.w_q(q)[:, :, :, None, :]  # (B, H, Tq, 1, A)
-        hk = self.w_k(k).repeat_interleave(g, dim=1)[:, :, None, :, :]  # (B, H, 1, Tk, A)
-        scores = self.v(torch.tanh(hq + hk)).squeeze(-1)  # (B, H, Tq, Tk)
-        out, weights = softmax_attention(scores, v.repeat_interleave(g, dim=1), call)
-        return (out, weights) if return_weights else out
+        scores = self.logits(q, k.repeat_interleave(g, dim=1), scale or 1.0)  # (B, H, Tq, Tk)
+        out, _ = softmax_attention(scores, v.repeat_interleave(g, dim=1), call)
+        return out
 
 
 ScoreFactory = Callable[..., nn.Module]
@@ -135,10 +158,6 @@ _SCORES: dict[str, ScoreFactory] = {
 def register_score(name: str, factory: ScoreFactory) -> None:
     """Add a score: ``factory(head_dim=..., n_kv_heads=...)`` returns the module."""
     _SCORES[name] = factory
-
-
-def score_names() -> list[str]:
-    return list(_SCORES)
 
 
 def make_score(name: str, *, head_dim: int, n_kv_heads: int) -> nn.Module:

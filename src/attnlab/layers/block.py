@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from attnlab.attention.kv_cache import KVCache
 from attnlab.attention.masks import Mask
 from attnlab.attention.multihead import MultiHeadAttention
+from attnlab.attention.points import make_points
 
 
 class Block(nn.Module):
@@ -38,14 +39,16 @@ class Block(nn.Module):
         self.cross_norm = make_norm() if cross is not None else None
         self.prenorm = prenorm
         self.drop = nn.Dropout(dropout)
+        self.POINTS = ("resid_pre", "resid_mid", "mlp_out", "resid_post")
+        if cross is not None:
+            self.POINTS = ("resid_pre", "resid_mid", "resid_cross", "mlp_out", "resid_post")
+        make_points(self, self.POINTS)
 
-    def _residual(self, x: Tensor, norm: nn.Module, fn) -> tuple[Tensor, Tensor | None]:
-        """Apply one sub-layer ``fn`` (returning (output, weights or None)) with its residual."""
+    def _residual(self, x: Tensor, norm: nn.Module, fn) -> Tensor:
+        """Apply one sub-layer ``fn`` with its residual connection."""
         if self.prenorm:
-            out, weights = fn(norm(x))
-            return x + self.drop(out), weights
-        out, weights = fn(x)
-        return norm(x + self.drop(out)), weights
+            return x + self.drop(fn(norm(x)))
+        return norm(x + self.drop(fn(x)))
 
     def forward(
         self,
@@ -57,35 +60,26 @@ class Block(nn.Module):
         context: Tensor | None = None,
         context_mask: Mask | Tensor | None = None,
         cross_cache: KVCache | None = None,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor, Tensor | None]:
-        """x (B, T, C) -> (B, T, C); with ``need_weights`` also the self-attention weights
-        (B, H, T, S) and the cross-attention weights (B, H, T, S_ctx) or None.
+    ) -> Tensor:
+        """x (B, T, C) -> (B, T, C); ``cross_cache`` holds the context's keys/values, computed
+        on the first call only.
 
-        ``cross_cache`` holds the context's keys/values, computed on the first call only."""
-
-        def attend(h):
-            return _pair(
-                self.attn(h, mask=mask, cache=cache, positions=positions, need_weights=need_weights)
-            )
-
-        x, weights = self._residual(x, self.attn_norm, attend)
-        cross_weights = None
+        Hook points (B, T, C): ``resid_pre`` (the input), ``resid_mid`` (after self-attention),
+        ``resid_cross`` (after cross-attention, decoder blocks only), ``mlp_out`` (the MLP's
+        output before the residual add) and ``resid_post`` (the output)."""
+        x = self.hook_resid_pre(x)
+        x = self._residual(
+            x, self.attn_norm, lambda h: self.attn(h, mask=mask, cache=cache, positions=positions)
+        )
+        x = self.hook_resid_mid(x)
         if self.cross is not None:
             if context is None:
                 raise ValueError("context: this block has cross-attention; expected a tensor")
-
-            def cross(h):
-                return _pair(
-                    self.cross(
-                        h, context, mask=context_mask, cache=cross_cache, need_weights=need_weights
-                    )
-                )
-
-            x, cross_weights = self._residual(x, self.cross_norm, cross)
-        x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h), None))
-        return (x, weights, cross_weights) if need_weights else x
-
-
-def _pair(result) -> tuple[Tensor, Tensor | None]:
-    return result if isinstance(result, tuple) else (result, None)
+            x = self._residual(
+                x,
+                self.cross_norm,
+                lambda h: self.cross(h, context, mask=context_mask, cache=cross_cache),
+            )
+            x = self.hook_resid_cross(x)
+        x = self._residual(x, self.mlp_norm, lambda h: self.hook_mlp_out(self.mlp(h)))
+        return self.hook_resid_post(x)

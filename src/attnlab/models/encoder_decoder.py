@@ -157,15 +157,14 @@ class EncoderDecoder(nn.Module):
         positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         return self.drop(table(ids) * math.sqrt(self.config.dim) + self.pos(positions))
 
-    def encode(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        *,
-        output_attentions: bool = False,
-    ) -> Tensor | tuple[Tensor, tuple[Tensor, ...]]:
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """The encoded source (B, S, C) for ``input_ids`` (B, S) with ``attention_mask`` (B, S),
-        1 = real token; with ``output_attentions`` also each block's weights."""
+        1 = real token."""
+        return self._encode(input_ids, attention_mask)[0]
+
+    def _encode(
+        self, input_ids: Tensor, attention_mask: Tensor | None, output_attentions: bool = False
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
         check_input_ids(input_ids)
         b, s = input_ids.shape
         stack = run_blocks(
@@ -175,7 +174,7 @@ class EncoderDecoder(nn.Module):
             mask=key_padding_mask(attention_mask, b, s),
         )
         x = stack.x if self.enc_norm is None else self.enc_norm(stack.x)
-        return (x, stack.attentions) if output_attentions else x
+        return x, stack.attentions
 
     def make_caches(self, batch: int, src_len: int, max_len: int | None = None, **kwargs):
         """Decoding caches for ``batch`` sequences: target keys/values up to ``max_len`` tokens
@@ -217,8 +216,9 @@ class EncoderDecoder(nn.Module):
         check_input_ids(decoder_input_ids)
         encoder_attentions = None
         if encoder_hidden is None:
-            encoded = self.encode(input_ids, attention_mask, output_attentions=output_attentions)
-            encoder_hidden, encoder_attentions = encoded if output_attentions else (encoded, None)
+            encoder_hidden, encoder_attentions = self._encode(
+                input_ids, attention_mask, output_attentions
+            )
         b, t = decoder_input_ids.shape
         past = caches.length if caches is not None else 0
         self_mask = masks.causal()

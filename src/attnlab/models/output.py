@@ -59,30 +59,41 @@ def run_blocks(
     **kwargs,
 ) -> StackOutput:
     """Run ``x`` through every block, passing block i its caches and ``kwargs`` (masks,
-    positions, context); collect block inputs and attention weights when asked."""
+    positions, context); collect block inputs and attention weights when asked.
+
+    The weights are read through each attention module's ``pattern`` hook point, recomputed
+    from the call's queries and keys: the configured backend runs as it would without them."""
     hidden: list[Tensor] = []
     weights: list[Tensor] = []
     cross: list[Tensor] = []
-    for i, block in enumerate(blocks):
-        if output_hidden_states:
-            hidden.append(x)
-        if caches is not None:
-            kwargs["cache"] = caches[i]
-        if cross_caches is not None:
-            kwargs["cross_cache"] = cross_caches[i]
-        if output_attentions:
-            x, w, c = block(x, need_weights=True, **kwargs)
-            weights.append(w)
-            if c is not None:
-                cross.append(c)
-        else:
+    handles = []
+    if output_attentions:
+        for block in blocks:
+            handles.append(_collect(block.attn, weights))
+            if block.cross is not None:
+                handles.append(_collect(block.cross, cross))
+    try:
+        for i, block in enumerate(blocks):
+            if output_hidden_states:
+                hidden.append(x)
+            if caches is not None:
+                kwargs["cache"] = caches[i]
+            if cross_caches is not None:
+                kwargs["cross_cache"] = cross_caches[i]
             x = block(x, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
     return StackOutput(
         x,
         hidden if output_hidden_states else None,
         tuple(weights) if output_attentions else None,
         tuple(cross) if output_attentions and cross else None,
     )
+
+
+def _collect(attn: nn.Module, into: list[Tensor]):
+    return attn.hook_pattern.add_source(lambda source, _: into.append(source.weights()), "pattern")
 
 
 def check_input_ids(input_ids: Tensor) -> None:

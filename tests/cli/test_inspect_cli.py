@@ -1,0 +1,128 @@
+"""``attnlab inspect``: the explorer page of a run of every family, and one-line errors."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import re
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from attnlab.cli.main import cli
+from attnlab.data.chars import CharTokenizer
+from attnlab.inspect import attention_weights
+from attnlab.loader import save_run
+from attnlab.models import GPT, EncoderDecoder, GPTConfig, TransformerConfig, ViT, ViTConfig
+from tests.cli_helpers import one_line_error
+
+CHARS = "abcdefgh \n.é"
+
+
+def _run(tmp_path, model, tokenizer=None):
+    return str(save_run(model.eval(), tokenizer, tmp_path / "run"))
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def _embedded(page: str) -> list[str]:
+    """Every base64 payload of the page, decoded (for checking the data reached it)."""
+    blobs = re.findall(r">\s*([A-Za-z0-9+/=\s]{40,})\s*<", page)
+    return [gzip.decompress(base64.b64decode("".join(b.split()))) for b in blobs]
+
+
+@pytest.fixture
+def gpt_run(tmp_path):
+    torch.manual_seed(0)
+    chars = CharTokenizer.from_text(CHARS)
+    config = GPTConfig(vocab_size=chars.vocab_size, max_len=32, n_layer=2, n_head=2, dim=16)
+    return _run(tmp_path, GPT(config), chars)
+
+
+def test_a_gpt_run_gives_a_page_with_its_weights(gpt_run, tmp_path):
+    out = tmp_path / "page.html"
+    result = _invoke("inspect", gpt_run, "--text", "bad cafe.", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "2 layers x 2 heads x 9 tokens" in result.output
+    page = out.read_text()
+    assert "http://" not in page and "https://" not in page  # nothing remote to load
+    # The quantized weights on the page are the model's, within the 1/255 quantization.
+    import attnlab
+
+    model, tok = attnlab.load(gpt_run)
+    ids = torch.tensor([tok.encode("bad cafe.")])
+    want = torch.stack([w[0] for w in attention_weights(model, ids).values()])  # (L, H, T, T)
+    quantized = (want * 255).round().to(torch.uint8).flatten()
+    blobs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in _embedded(page)]
+    assert any(b.numel() == quantized.numel() and torch.equal(b, quantized) for b in blobs)
+
+
+def test_layers_and_heads_select_what_the_page_holds(gpt_run, tmp_path):
+    out = tmp_path / "one.html"
+    result = _invoke(
+        "inspect", gpt_run, "--text", "abc", "--layers", "1", "--heads", "0", "--out", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 layers x 1 heads x 3 tokens" in result.output
+
+
+def test_an_encoder_decoder_has_encoder_decoder_and_cross_views(tmp_path):
+    torch.manual_seed(0)
+    chars = CharTokenizer.from_text(CHARS)
+    config = TransformerConfig(
+        vocab_size=chars.vocab_size, max_len=32, n_layer=1, n_head=2, dim=16, hidden=32
+    )
+    run = _run(tmp_path, EncoderDecoder(config), chars)
+    out = tmp_path / "mt.html"
+    result = _invoke("inspect", run, "--text", "bad", "--target", "cab", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    for view in ("encoder 1 layers x 2 heads x 3 tokens", "decoder 1 layers x 2 heads x 4",
+                 "cross 1 layers x 2 heads x 4"):  # fmt: skip
+        assert view in result.output
+    # Without a target the model's own greedy output is shown.
+    result = _invoke("inspect", run, "--text", "bad", "--out", str(out))
+    assert result.exit_code == 0, result.output
+
+
+def test_a_vit_shows_a_digit(tmp_path):
+    pytest.importorskip("sklearn")
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=8, patch_size=4, channels=1, num_classes=10, n_layer=1, n_head=2, dim=16,
+        hidden=32,
+    )  # fmt: skip
+    run = _run(tmp_path, ViT(config))
+    out = tmp_path / "vit.html"
+    result = _invoke("inspect", run, "--digit", "3", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "1 layers x 2 heads x 5 tokens" in result.output
+    one_line_error(_invoke("inspect", run, "--out", str(out)), "--image, --digit")
+    one_line_error(_invoke("inspect", run, "--digit", "5000", "--out", str(out)), "--digit")
+
+
+def test_mistakes_are_one_line(gpt_run, tmp_path):
+    out = str(tmp_path / "x.html")
+    one_line_error(_invoke("inspect", gpt_run, "--text", "a" * 40, "--out", out), "--text", "32")
+    one_line_error(_invoke("inspect", gpt_run, "--out", out), "--text")
+    one_line_error(
+        _invoke("inspect", gpt_run, "--text", "ab", "--layers", "5", "--out", out), "--layers"
+    )
+    one_line_error(
+        _invoke("inspect", gpt_run, "--text", "ab", "--heads", "0,7", "--out", out), "--heads", "7"
+    )
+    one_line_error(
+        _invoke("inspect", gpt_run, "--text", "ab", "--layers", "x", "--out", out), "--layers"
+    )
+    one_line_error(_invoke("inspect", str(tmp_path / "nothing"), "--text", "ab"), "nothing")
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_meta_names_the_source(gpt_run, tmp_path):
+    out = tmp_path / "page.html"
+    assert _invoke("inspect", gpt_run, "--text", "ab", "--out", str(out)).exit_code == 0
+    scripts = re.findall(r"<script[^>]*application/json[^>]*>(.*?)</script>", out.read_text(), re.S)
+    assert any(gpt_run in json.dumps(json.loads(s)) for s in scripts)

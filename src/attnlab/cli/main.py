@@ -37,7 +37,19 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from attnlab.cli import backends, bench, convert, evaluate, info, predict, sample, train
+    from attnlab.cli import (
+        backends,
+        bench,
+        convert,
+        evaluate,
+        heads,
+        info,
+        inspect_page,
+        predict,
+        prune,
+        sample,
+        train,
+    )
 
     cli.add_command(backends.backends)
     cli.add_command(bench.bench)
@@ -47,6 +59,9 @@ def _register() -> None:
     cli.add_command(evaluate.evaluate)
     cli.add_command(convert.convert)
     cli.add_command(predict.predict)
+    cli.add_command(inspect_page.inspect_page)
+    cli.add_command(heads.heads)
+    cli.add_command(prune.prune)
 
 
 _register()

@@ -39,3 +39,17 @@ def parse_indices(text: str | None, option: str) -> list[int] | None:
     if len(set(out)) != len(out):
         raise ValueError(f"{option}: expected each index once, got {text!r}")
     return out
+
+
+def encode_text(tokenizer, text: str, option: str, source: str, source_option: str) -> list[int]:
+    """Token ids of ``text`` given with ``option``; ValueError naming the option when the source
+    has no tokenizer, the text does not encode, or it gives no token."""
+    if tokenizer is None:
+        raise ValueError(f"{source_option}: {source} has no tokenizer to turn {option} into ids")
+    try:
+        ids = tokenizer.encode(text)
+    except ValueError as exc:
+        raise ValueError(f"{option}: {str(exc).removeprefix('text: ')}") from None
+    if not ids:
+        raise ValueError(f"{option}: expected text that gives at least one token, got nothing")
+    return ids

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import torch
 
-from attnlab.cli.options import parse_device
+from attnlab.cli.options import encode_text, parse_device
 
 
 def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
@@ -60,14 +60,7 @@ def sample(
             f"--checkpoint: expected a language model (GPT), got {type(model).__name__} "
             f"from {source}"
         )
-    if tokenizer is None:
-        raise ValueError(f"--checkpoint: {source} has no tokenizer to turn text into ids")
-    try:
-        ids = tokenizer.encode(text)
-    except ValueError as exc:
-        raise ValueError(f"--prompt: {str(exc).removeprefix('text: ')}") from None
-    if not ids:
-        raise ValueError("--prompt: expected text that gives at least one token, got nothing")
+    ids = encode_text(tokenizer, text, "--prompt", source, "--checkpoint")
     context = model.config.max_len
     dropped = prompt_overflow(len(ids), context)
     if dropped:

@@ -252,6 +252,15 @@ def _writer(model: nn.Module) -> ModuleType:
     if not families:
         kinds = ", ".join(sorted({f.MODEL.__name__ for f in FAMILIES.values()}))
         raise TypeError(f"model: expected one of {kinds}, got {type(model).__name__}")
+    pruned = getattr(model.config, "layer_heads", None)
+    if pruned:  # transformers builds every layer with the config's number of heads
+        name, entry = next(iter(pruned.items()))
+        raise ValueError(
+            f"model: cannot be written as a Hugging Face checkpoint: its attention heads were "
+            f"pruned ({len(pruned)} layers have fewer heads, {name} keeps {len(entry['heads'])} "
+            f"of {model.config.n_head}) and the transformers classes give every layer the same "
+            "heads; keep it as an attnlab run"
+        )
     reasons = []
     for family in families:
         problems = family.supports(model.config)

@@ -59,7 +59,7 @@ def _view(
     n_heads = {key: attn.n_heads for key, (_, attn) in chosen.items()}
     if len(set(n_heads.values())) > 1 and heads is None:
         raise ValueError(
-            f"--heads: the layers of view {name!r} have different head counts "
+            f"heads: the layers of view {name!r} have different head counts "
             f"({sorted(set(n_heads.values()))}); choose heads present in every layer"
         )
     for key, n in n_heads.items():
@@ -143,10 +143,10 @@ def explore(
             ids = tokenizer.encode(text)
             context = model.config.max_len
             if not ids:
-                raise ValueError("--text: expected text that gives at least one token")
+                raise ValueError("text: expected text that gives at least one token")
             if len(ids) > context:
                 raise ValueError(
-                    f"--text: {len(ids):,} tokens exceed the model's context of {context:,}; "
+                    f"text: {len(ids):,} tokens exceed the model's context of {context:,}; "
                     f"shorten the text"
                 )
             tokens = token_strings(tokenizer, ids)
@@ -171,9 +171,9 @@ def _translation(model, tokenizer, text, target, layers, heads, budget):
     device = next(model.parameters()).device
     src = tokenizer.encode(text, add_special_tokens=False)
     if not src:
-        raise ValueError("--text: expected text that gives at least one token")
+        raise ValueError("text: expected text that gives at least one token")
     if len(src) > c.max_len:
-        raise ValueError(f"--text: {len(src):,} tokens exceed the model's context of {c.max_len:,}")
+        raise ValueError(f"text: {len(src):,} tokens exceed the model's context of {c.max_len:,}")
     src_ids = torch.tensor([src], device=device)
     if target is None:
         with torch.no_grad():

@@ -26,24 +26,13 @@ from torch import Tensor, nn
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.attention.points import HookPoint, PatternPoint, points_of
 from attnlab.attention.weights import select
+from attnlab.models.heads import attention_modules, canonical
 
 Names = str | Sequence[str] | Callable[[str], bool] | None
 # Dense attention patterns cached by run_with_cache, in bytes, before it refuses: 1 GiB. At
 # long context a pattern is (B, H, T, T) per layer; attention_weights (some heads or rows) and
 # head_stats (tile-wise statistics) are the bounded ways to look at it.
 PATTERN_BUDGET = 1 << 30
-
-
-def canonical(path: str) -> str:
-    """A module path with ``blocks`` before every block index: ``encoder.0.attn`` becomes
-    ``encoder.blocks.0.attn``, so every family names its blocks the same way."""
-    parts = path.split(".") if path else []
-    out: list[str] = []
-    for i, part in enumerate(parts):
-        if part.isdigit() and (i == 0 or parts[i - 1] != "blocks"):
-            out.append("blocks")
-        out.append(part)
-    return ".".join(out)
 
 
 def hook_points(model: nn.Module) -> dict[str, HookPoint]:
@@ -59,13 +48,6 @@ def hook_points(model: nn.Module) -> dict[str, HookPoint]:
 def point_names(model: nn.Module) -> list[str]:
     """The names :func:`hooks` and :func:`run_with_cache` accept for ``model``."""
     return list(hook_points(model))
-
-
-def attention_modules(model: nn.Module) -> dict[str, MultiHeadAttention]:
-    """Every attention module by name (``blocks.0.attn``, ``decoder.blocks.1.cross``, ...)."""
-    return {
-        canonical(path): m for path, m in model.named_modules() if isinstance(m, MultiHeadAttention)
-    }
 
 
 def resolve_layers(
@@ -123,8 +105,12 @@ def check_heads(heads, n: int, where: str) -> Tensor:
     """Head indices of one layer as a long tensor; ValueError names the layer."""
     try:
         return select(heads, n, "heads", "cpu")
-    except ValueError as exc:
-        raise ValueError(f"{exc} ({where} has {n} heads)") from None
+    except ValueError:
+        bad = [h for h in ([heads] if isinstance(heads, int) else list(heads)) if not -n <= h < n]
+        raise ValueError(
+            f"heads: head {bad[0]} is out of range; {where} has {n} heads (expected 0 <= head "
+            f"< {n})"
+        ) from None
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:

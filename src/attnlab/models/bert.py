@@ -19,6 +19,7 @@ from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import MLP, Block, make_norm
 from attnlab.models import presets
 from attnlab.models.checks import check_flags, check_numbers, check_sizes
+from attnlab.models.heads import apply_layer_heads, attention_names, check_layer_heads
 from attnlab.models.output import (
     ModelOutput,
     StackOutput,
@@ -49,6 +50,7 @@ class BertConfig:
     labels: list[str] | None = None  # class names, by label index (len num_labels); None: unnamed
     pooler: bool = True  # the [CLS] pooler (masked-LM-only checkpoints come without it)
     backend: str = "auto"  # attention backend name
+    layer_heads: dict[str, dict] | None = None  # pruned attention modules -> heads kept, kv heads
 
     def __post_init__(self) -> None:
         check_sizes(self, "vocab_size", "max_len", "type_vocab_size", "n_layer", "n_head", "dim")
@@ -76,6 +78,7 @@ class BertConfig:
                     f"labels: expected num_labels={self.num_labels} names (one per class), got "
                     f"{len(self.labels)}: {self.labels}"
                 )
+        check_layer_heads(self, attention_names(("", self.n_layer, ["attn"])))
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> BertConfig:
@@ -119,6 +122,7 @@ class BERT(nn.Module):
         elif c.head in ("classify", "token"):
             self.classifier = nn.Linear(c.dim, c.num_labels)
         self.apply(_init)
+        apply_layer_heads(self)  # pruned layers: their own heads
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> BERT:

@@ -26,6 +26,7 @@ from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import MLP, Block, make_norm
 from attnlab.models import presets
 from attnlab.models.checks import check_choice, check_flags, check_numbers, check_sizes
+from attnlab.models.heads import apply_layer_heads, attention_names, check_layer_heads
 from attnlab.models.output import (
     ModelOutput,
     check_input_ids,
@@ -58,6 +59,7 @@ class TransformerConfig:
     bos_id: int = 1  # token that starts every target sequence
     eos_id: int = 2  # token that ends a target sequence
     backend: str = "auto"  # attention backend name
+    layer_heads: dict[str, dict] | None = None  # pruned attention modules -> heads kept, kv heads
 
     def __post_init__(self) -> None:
         check_sizes(self, "vocab_size", "max_len", "n_layer", "n_head", "dim", "hidden")
@@ -84,6 +86,9 @@ class TransformerConfig:
                 raise ValueError(
                     f"{name}: expected a token id in [0, {self.tgt_vocab_size}), got {value}"
                 )
+        encoder = ("encoder.", self.n_layer, ["attn"])
+        decoder = ("decoder.", self.n_decoder_layer, ["attn", "cross"])
+        check_layer_heads(self, attention_names(encoder, decoder))
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TransformerConfig:
@@ -148,6 +153,7 @@ class EncoderDecoder(nn.Module):
         self.apply(_init)
         if c.tie_output:
             self.head.weight = self.tgt_tok.weight
+        apply_layer_heads(self)  # pruned layers: their own heads
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> EncoderDecoder:

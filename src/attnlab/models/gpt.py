@@ -29,6 +29,7 @@ from attnlab.layers.mlp import MLPS
 from attnlab.layers.norms import NORMS
 from attnlab.models import presets
 from attnlab.models.checks import check_choice, check_flags, check_numbers, check_sizes
+from attnlab.models.heads import apply_layer_heads, attention_names, check_layer_heads
 from attnlab.models.output import ModelOutput, check_input_ids, run_blocks
 from attnlab.position import LearnedPositionalEmbedding, RotaryEmbedding
 
@@ -55,6 +56,7 @@ class GPTConfig:
     qk_norm: bool = False  # RMSNorm on query/key heads
     dropout: float = 0.0  # dropout on embeddings, attention probabilities and residuals
     backend: str = "auto"  # attention backend name
+    layer_heads: dict[str, dict] | None = None  # pruned attention modules -> heads kept, kv heads
 
     def __post_init__(self) -> None:
         check_sizes(self, "vocab_size", "max_len", "n_layer", "n_head", "dim")
@@ -83,6 +85,7 @@ class GPTConfig:
                 self.hidden = m * math.ceil(int(8 * self.dim / 3) / m)
             else:
                 self.hidden = 4 * self.dim
+        check_layer_heads(self, attention_names(("", self.n_layer, ["attn"])))
 
     @property
     def head_dim(self) -> int:
@@ -155,6 +158,7 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("out_proj.weight", "mlp.down.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
+        apply_layer_heads(self)  # pruned layers: their own heads
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -114,7 +114,7 @@ def model_info(model: nn.Module, context: int | None = None) -> ModelInfo:
             cross_elems += 2 * cross.n_kv_heads * cross.head_dim
     sizes = {name: torch.empty(0, dtype=dt).element_size() for name, dt in DTYPES.items()}
     return ModelInfo(
-        name=_describe(model),
+        name=_describe(model) + _pruned(model),
         params=params,
         total=total,
         embedding=embedding,
@@ -159,6 +159,16 @@ def _describe(model: nn.Module) -> str:
     if config is not None and hasattr(config, "n_layer"):
         return f"{name}: {config.n_layer} layers, {config.dim} wide, {config.n_head} heads"
     return name
+
+
+def _pruned(model: nn.Module) -> str:
+    """``"; 30 of 48 attention heads left by pruning"`` for a pruned model, else ``""``."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "layer_heads", None):
+        return ""
+    modules = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    left = sum(m.n_heads for m in modules)
+    return f"; {left} of {len(modules) * config.n_head} attention heads left by pruning"
 
 
 def _si(n: float) -> str:

@@ -19,6 +19,7 @@ from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import MLP, Block, make_norm
 from attnlab.models import presets
 from attnlab.models.checks import check_numbers, check_sizes
+from attnlab.models.heads import apply_layer_heads, attention_names, check_layer_heads
 from attnlab.models.output import (
     ModelOutput,
     classification_loss,
@@ -45,6 +46,7 @@ class ViTConfig:
     dropout: float = 0.0  # embeddings, attention probabilities, residual branches
     pool: str = "cls"  # classifier input: the [CLS] vector ("cls") or the mean of patches
     backend: str = "auto"  # attention backend name
+    layer_heads: dict[str, dict] | None = None  # pruned attention modules -> heads kept, kv heads
 
     def __post_init__(self) -> None:
         check_sizes(self, "image_size", "patch_size", "channels", "num_classes", "n_layer", "dim")
@@ -60,6 +62,7 @@ class ViTConfig:
             raise ValueError(f"dim: expected a multiple of n_head={self.n_head}, got {self.dim}")
         if self.pool not in POOLS:
             raise ValueError(f"pool: expected one of {', '.join(POOLS)}, got {self.pool!r}")
+        check_layer_heads(self, attention_names(("", self.n_layer, ["attn"])))
 
     @property
     def n_patches(self) -> int:
@@ -113,6 +116,7 @@ class ViT(nn.Module):
         self.head = nn.Linear(c.dim, c.num_classes)
         self.apply(_init)
         nn.init.normal_(self.cls, std=0.02)
+        apply_layer_heads(self)  # pruned layers: their own heads
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> ViT:

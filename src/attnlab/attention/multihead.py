@@ -177,6 +177,7 @@ class MultiHeadAttention(nn.Module):
                 bias=bias,
                 scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]),
                 logits=self.score.logits,
+                offset=0 if context is not None else None,
             )
             pattern = self.hook_pattern.fire(source)
         if pattern is None:

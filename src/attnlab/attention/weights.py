@@ -51,6 +51,10 @@ class PatternSource:
         scale: the score multiplier.
         logits: the score function on a tile, ``logits(q (B, h, r, D), k (B, h, Tk, D),
             scale) -> (B, h, r, Tk)`` float32; default the scaled dot product.
+        offset: the position of query row 0 counted like the keys' positions (see
+            :attr:`offset`); default Tk - Tq, right for self-attention, where the queries are
+            the last Tq of the Tk positions. Cross-attention passes 0: its queries and keys
+            are two sequences, each counted from its own start.
     """
 
     def __init__(
@@ -62,9 +66,11 @@ class PatternSource:
         bias: Bias | None,
         scale: float,
         logits: Logits = dot_logits,
+        offset: int | None = None,
     ) -> None:
         self.q, self.k, self.mask, self.bias, self.scale = q, k, mask, bias, scale
         self.logits = logits
+        self._offset = offset
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -78,8 +84,10 @@ class PatternSource:
 
     @property
     def offset(self) -> int:
-        """Absolute key position of query row 0 (queries are the last Tq of Tk positions)."""
-        return self.k.shape[2] - self.q.shape[2]
+        """Position of query row 0, counted like the keys' positions (key j is at j): Tk - Tq
+        in self-attention (queries are the last Tq of Tk positions), 0 in cross-attention.
+        Statistics that relate query and key positions (distance, previous token) use it."""
+        return self.k.shape[2] - self.q.shape[2] if self._offset is None else self._offset
 
     def head_index(self, heads: Selection = None) -> Tensor:
         """The selected heads as a long tensor, checked against H (ValueError names ``heads``)."""
@@ -105,18 +113,20 @@ class PatternSource:
         q = self.q.index_select(1, head_idx)  # (B, h, Tq, D)
         k = self.k.index_select(1, head_idx // self.groups)  # (B, h, Tk, D): each head's keys
         kv_idx = torch.arange(tk, device=self.q.device)
+        # Masks and biases align the queries bottom-right, as every backend does (attend()).
+        align = tk - self.q.shape[2]
         step = max(1, max_elements // max(1, b * h * tk))
         for start in range(0, row_idx.numel(), step):
             idx = row_idx[start : start + step]
             scores = self.logits(q.index_select(2, idx), k, self.scale)  # (B, h, r, Tk)
             if self.bias is not None:
-                tile = self.bias.block(b, self.q.shape[1], idx, kv_idx, self.offset)
+                tile = self.bias.block(b, self.q.shape[1], idx, kv_idx, align)
                 if tile.shape[1] > 1:  # per-head bias (ALiBi, T5): the selected heads
                     tile = tile.index_select(1, head_idx)
                 scores = scores + tile
             allowed = None
             if self.mask is not None:
-                allowed = self.mask.block(b, idx, kv_idx, self.offset)  # (B|1, 1, r, Tk)
+                allowed = self.mask.block(b, idx, kv_idx, align)  # (B|1, 1, r, Tk)
             yield idx, masked_softmax(scores, allowed)
 
     def weights(self, heads: Selection = None, rows: Selection = None) -> Tensor:

@@ -15,6 +15,7 @@ Shapes: B batch, H heads, h selected heads, Tq queries, r selected rows, Tk keys
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -95,7 +96,8 @@ class LayerStats:
     """Per-head statistics of one attention layer, each (B, h) unless noted.
 
     entropy: mean over query rows of the weights' entropy (nats).
-    distance: mean over query rows of sum_j p_ij |i - j| (positions of query and key).
+    distance: mean over query rows of sum_j p_ij |i - j| (positions of query and key; in
+        cross-attention each sequence counts from 0, see ``PatternSource.offset``).
     sink: mean mass on key 0 (the first token; large values are "attention sinks").
     previous: mean mass on key i - 1 (rows with a previous key).
     top_indices, top_values: (B, h, Tq, k) the k largest weights of every query and their keys.
@@ -145,8 +147,11 @@ def _stats(
         dist = (q_pos[:, None] - kv_pos[None, :]).abs()  # (r, Tk)
         sums["distance"] += ((p * dist).sum(-1) * w).sum(-1)
         sums["sink"] += (p[..., 0] * w).sum(-1)
-        prev = (rows + source.offset - 1).clamp(min=0)  # (r,) the previous key's index
-        has_prev = (rows + source.offset >= 1).to(torch.float64)  # (r,)
+        # The previous key's index; a row has one when it lies among the keys (in
+        # cross-attention the target can be longer than the source).
+        prev = rows + source.offset - 1  # (r,)
+        has_prev = ((prev >= 0) & (prev < tk)).to(torch.float64)  # (r,)
+        prev = prev.clamp(0, tk - 1)
         mass = p.gather(-1, prev.view(1, 1, -1, 1).expand(b, h, -1, 1)).squeeze(-1)
         sums["previous"] += (mass * w * has_prev).sum(-1)
         with_prev += (weight * has_prev).sum(-1)
@@ -189,7 +194,9 @@ def head_stats(
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k: expected an int >= 0, got {top_k!r}")
-    mask = query_mask if query_mask is not None else kwargs.get("attention_mask")
+    mask = query_mask
+    if mask is None:  # the call's attention mask, whether passed by keyword or by position
+        mask = _call_argument(model, "attention_mask", inputs, kwargs)
     out: dict[int | str, LayerStats] = {}
 
     def consume(key, name, attn, source: PatternSource) -> None:
@@ -202,6 +209,17 @@ def head_stats(
 
     _capture(model, layers, consume, inputs, kwargs)
     return out
+
+
+def _call_argument(model: nn.Module, name: str, inputs: tuple, kwargs: dict):
+    """The argument ``name`` of the call ``model(*inputs, **kwargs)`` (None when absent)."""
+    if name in kwargs:
+        return kwargs[name]
+    try:
+        bound = inspect.signature(model.forward).bind_partial(*inputs, **kwargs)
+    except (TypeError, ValueError):  # the call itself will say what is wrong
+        return None
+    return bound.arguments.get(name)
 
 
 def stats_table(stats: dict[int | str, LayerStats]) -> list[dict]:

@@ -126,3 +126,13 @@ def test_meta_names_the_source(gpt_run, tmp_path):
     assert _invoke("inspect", gpt_run, "--text", "ab", "--out", str(out)).exit_code == 0
     scripts = re.findall(r"<script[^>]*application/json[^>]*>(.*?)</script>", out.read_text(), re.S)
     assert any(gpt_run in json.dumps(json.loads(s)) for s in scripts)
+
+
+def test_a_page_too_large_for_memory_is_refused_with_a_way_out(gpt_run, tmp_path):
+    import attnlab
+    from attnlab.inspect.explorer import explore
+
+    model, tok = attnlab.load(gpt_run)
+    with pytest.raises(ValueError, match=r"^heads: .*2 layers x 2 heads x 9 x 9.*--layers 0"):
+        explore(model, tok, "bad cafe.", max_bytes=1000)
+    explore(model, tok, "bad cafe.", layers=[0], heads=[0], max_bytes=1000)  # 324 bytes: fine

@@ -22,13 +22,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from attnlab.inspect.analysis import detect_heads
 from attnlab.inspect.capture import attention_weights, head_stats, stats_table
 from attnlab.inspect.hooks import check_heads, resolve_layers
 from attnlab.inspect.page import AttentionView, PageData
 
-# Dense weights the page may hold, in bytes of float32, before explore() refuses and suggests
-# fewer layers or heads: 6 layers x 12 heads x 512 tokens is 75 MB.
-PAGE_BUDGET = 512 << 20
+# Dense weights a page may hold, in bytes of float32, before explore() refuses and suggests
+# fewer layers or heads: 6 layers x 12 heads x 512 tokens (75 MB) or one head at 8,192 tokens
+# (268 MB) pass; every head of a 12 x 12 model at 4,096 tokens (9.7 GB) does not.
+PAGE_BUDGET = 300 << 20
 
 
 def token_strings(tokenizer, ids: Sequence[int]) -> list[str]:
@@ -54,6 +56,7 @@ def _view(
     query_tokens: list[str],
     key_tokens: list[str],
     budget: int,
+    detect: bool = True,
 ) -> tuple[AttentionView, list[dict]]:
     chosen = resolve_layers(model, layers)
     n_heads = {key: attn.n_heads for key, (_, attn) in chosen.items()}
@@ -62,12 +65,27 @@ def _view(
             f"heads: the layers of view {name!r} have different head counts "
             f"({sorted(set(n_heads.values()))}); choose heads present in every layer"
         )
+    h = 0
     for key, n in n_heads.items():
-        check_heads(heads, n, f"layer {key!r}")
+        h = check_heads(heads, n, f"layer {key!r}").numel()
+    need = 4 * len(chosen) * h * len(query_tokens) * len(key_tokens)
+    if need > budget:
+        raise ValueError(
+            f"heads: the {name!r} view would hold {need / 2**20:,.0f} MiB of weights "
+            f"({len(chosen)} layers x {h} heads x {len(query_tokens)} x {len(key_tokens)} "
+            f"tokens), over {budget / 2**20:,.0f} MiB; choose fewer layers or heads (for "
+            f"example --layers 0 --heads 0), or read per-head statistics with `attnlab heads`"
+        )
     weights = attention_weights(
         model, *inputs, layers=list(chosen), heads=heads, max_bytes=budget, **kwargs
     )
     stats = stats_table(head_stats(model, *inputs, layers=list(chosen), heads=heads, **kwargs))
+    if detect:  # self-attention over token ids: the head detectors too
+        scores = detect_heads(model, *inputs, layers=list(chosen), heads=heads, **kwargs)
+        per_layer = len(stats) // len(chosen)
+        for i, row in enumerate(stats):
+            for detector, values in scores.items():
+                row[detector] = float(values[i // per_layer, i % per_layer])
     stacked = torch.stack([weights[key][0] for key in chosen]).float()  # (L, h, Tq, Tk)
     head_ids = check_heads(heads, next(iter(n_heads.values())), "the model").tolist()
     labels = [key if isinstance(key, int) else i for i, key in enumerate(chosen)]
@@ -109,9 +127,11 @@ def explore(
         max_bytes: ValueError suggesting --layers/--heads before the weights exceed this.
     """
     from attnlab.models import BERT, GPT, EncoderDecoder, ViT
+    from attnlab.models.info import model_info
 
     model.eval()
     meta = dict(meta or {})
+    meta.setdefault("architecture", model_info(model).name)
     device = next(model.parameters()).device
     views: list[AttentionView] = []
     stats: list[dict] = []
@@ -131,7 +151,9 @@ def explore(
         batch = (image[None].to(device),)
         logits = model(*batch).logits[0]
         meta.setdefault("prediction", f"class {int(logits.argmax())}")
-        view, rows = _view("self", model, batch, {}, layers, heads, tokens, tokens, max_bytes)
+        view, rows = _view(
+            "self", model, batch, {}, layers, heads, tokens, tokens, max_bytes, detect=False
+        )
         views.append(view)
         stats += rows
     else:
@@ -202,7 +224,9 @@ def _translation(model, tokenizer, text, target, layers, heads, budget):
         ("cross", "decoder.blocks.{}.cross", dec_layers, tgt_tokens, src_tokens),
     ):
         names = [stack.format(i) for i in chosen]
-        view, rows = _view(name, model, (src_ids,), kwargs, names, heads, q_tok, k_tok, budget)
+        view, rows = _view(
+            name, model, (src_ids,), kwargs, names, heads, q_tok, k_tok, budget, name != "cross"
+        )
         view.layers = list(chosen)
         for row, layer in zip(rows, [i for i in chosen for _ in view.heads], strict=True):
             row["layer"] = layer

@@ -367,3 +367,21 @@ def test_the_curve_prunes_copies_and_reports_each_point():
     assert seen == [8, 7, 4] and [r["fraction"] for r in rows] == [0.0, 0.125, 0.5]
     assert rows[0]["params"] > rows[1]["params"] > rows[2]["params"]
     assert model.config.layer_heads is None
+
+
+def test_layer_heads_of_a_config_claiming_huge_depth_are_checked_without_listing_layers():
+    # A hostile or mistaken config may claim 2**31 - 1 layers: names are parsed, not enumerated.
+    entry = {"heads": [0, 1], "kv_heads": 2}
+    config = GPTConfig(
+        n_layer=2**31 - 1, n_head=4, dim=32, layer_heads={"blocks.2147483646.attn": entry}
+    )
+    assert config.layer_heads == {"blocks.2147483646.attn": entry}
+    with pytest.raises(
+        ValueError,
+        match=r"unknown attention module 'blocks\.2147483647\.attn'.*blocks\.\{0\.\.2147483646\}",
+    ):
+        GPTConfig(
+            n_layer=2**31 - 1, n_head=4, dim=32, layer_heads={"blocks.2147483647.attn": entry}
+        )
+    with pytest.raises(ValueError, match=r"unknown attention module 'blocks\.01\.attn'"):
+        GPTConfig(n_layer=2, n_head=4, dim=32, layer_heads={"blocks.01.attn": entry})

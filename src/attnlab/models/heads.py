@@ -32,18 +32,47 @@ from attnlab.models.presets import closest
 SHARED_SCORES = (AdditiveScore, CosineScore, EuclideanScore)
 
 
-def attention_names(*stacks: tuple[str, int, Sequence[str]]) -> list[str]:
-    """Attention module names of a model: ``(prefix, blocks, modules)`` per stack of blocks,
-    e.g. ``("", 12, ["attn"])`` gives ``blocks.0.attn`` ... ``blocks.11.attn``."""
-    return [
-        f"{prefix}blocks.{i}.{module}"
-        for prefix, n, modules in stacks
-        for i in range(n)
-        for module in modules
-    ]
+class AttentionNames:
+    """The attention module names of a model, ``(prefix, blocks, modules)`` per stack of blocks:
+    ``("", 12, ["attn"])`` names ``blocks.0.attn`` ... ``blocks.11.attn``. Membership is
+    parsed, not looked up, so a config that claims billions of layers costs nothing to check."""
+
+    def __init__(self, *stacks: tuple[str, int, Sequence[str]]) -> None:
+        self.stacks = stacks
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        for prefix, n, modules in self.stacks:
+            head = f"{prefix}blocks."
+            if name.startswith(head):
+                index, _, module = name[len(head) :].partition(".")
+                number = index.isdigit() and str(int(index)) == index
+                if number and int(index) < n and module in modules:
+                    return True
+        return False
+
+    def first(self, limit: int = 1000) -> list[str]:
+        """The first ``limit`` names, in order."""
+        out: list[str] = []
+        for prefix, n, modules in self.stacks:
+            for i in range(min(n, limit)):
+                out += [f"{prefix}blocks.{i}.{module}" for module in modules]
+        return out[:limit]
+
+    def describe(self) -> str:
+        return ", ".join(
+            f"{prefix}blocks.{{0..{n - 1}}}.{{{','.join(modules)}}}"
+            for prefix, n, modules in self.stacks
+        )
 
 
-def check_layer_heads(config, names: Sequence[str]) -> None:
+def attention_names(*stacks: tuple[str, int, Sequence[str]]) -> AttentionNames:
+    """See :class:`AttentionNames`."""
+    return AttentionNames(*stacks)
+
+
+def check_layer_heads(config, names: AttentionNames) -> None:
     """Check ``config.layer_heads`` against the config's ``n_head`` and the model's attention
     module ``names``, and store it in plain lists and ints (as JSON gives it back); ValueError
     naming the module and what is wrong otherwise."""
@@ -57,10 +86,9 @@ def check_layer_heads(config, names: Sequence[str]) -> None:
     checked = {}
     for name, entry in value.items():
         if name not in names:
-            shown = f"{names[0]} ... {names[-1]}" if len(names) > 2 else ", ".join(names)
             raise ValueError(
-                f"layer_heads: unknown attention module {name!r}{closest(str(name), list(names))}; "
-                f"expected one of {shown}"
+                f"layer_heads: unknown attention module {name!r}"
+                f"{closest(str(name), names.first())}; expected one of {names.describe()}"
             )
         where = f"layer_heads[{name!r}]"
         if not isinstance(entry, dict) or set(entry) != {"heads", "kv_heads"}:

@@ -166,5 +166,8 @@ def select(sel: Selection, n: int, name: str, device) -> Tensor:
         idx = torch.tensor(items, dtype=torch.long, device=device)
     bad = idx[(idx < -n) | (idx >= n)]
     if bad.numel():
-        raise ValueError(f"{name}: index {int(bad[0])} is out of range; expected 0 <= index < {n}")
+        item = {"heads": "head", "rows": "row"}.get(name, "index")
+        raise ValueError(
+            f"{name}: {item} {int(bad[0])} is out of range; expected 0 <= {item} < {n}"
+        )
     return idx % n if n else idx

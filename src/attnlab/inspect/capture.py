@@ -79,8 +79,8 @@ def attention_weights(
         if total > max_bytes:
             b, h, tq, tk = source.shape
             raise ValueError(
-                f"heads/rows: the weights asked for need {total / 2**20:.0f} MiB (layer {key!r} "
-                f"is (B, H, Tq, Tk) = {(b, h, tq, tk)}), over max_bytes={max_bytes}; ask for "
+                f"heads/rows: the weights asked for need {total:,} bytes (layer {key!r} "
+                f"is (B, H, Tq, Tk) = {(b, h, tq, tk)}), over max_bytes={max_bytes:,}; ask for "
                 f"fewer heads or some rows (rows=slice(-1, None) is the last token's), or use "
                 f"head_stats() for per-head statistics of every row"
             )

@@ -200,7 +200,7 @@ def run_with_cache(
             b, h, tq, tk = source.shape
             raise ValueError(
                 f"names: the pattern {name!r} (B, H, Tq, Tk) = {(b, h, tq, tk)} needs "
-                f"{need / 2**20:.0f} MiB, over max_pattern_bytes={max_pattern_bytes} with what "
+                f"{need:,} bytes, over max_pattern_bytes={max_pattern_bytes:,} with what "
                 f"is already cached; ask attention_weights() for some heads or rows, or "
                 f"head_stats() for per-head statistics"
             )

@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(BIN)/attnlab train --preset shakespeare-char max_steps=20000 sample_length=500 \
 		--time-budget $(DEMO_BUDGET) --out $(DEMO_OUT)
 	$(BIN)/attnlab inspect $(DEMO_OUT) --out $(DEMO_OUT)/attention.html \
-		--text "ROMEO: But soft, what light through yonder window breaks? It is the east."
+		--text "ROMEO: But soft, what light through yonder window breaks?"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py

@@ -136,3 +136,15 @@ def test_a_page_too_large_for_memory_is_refused_with_a_way_out(gpt_run, tmp_path
     with pytest.raises(ValueError, match=r"^heads: .*2 layers x 2 heads x 9 x 9.*--layers 0"):
         explore(model, tok, "bad cafe.", max_bytes=1000)
     explore(model, tok, "bad cafe.", layers=[0], heads=[0], max_bytes=1000)  # 324 bytes: fine
+
+
+def test_the_demo_text_fits_the_demo_model():
+    # `make demo` inspects its run on one line; the preset's context must hold it.
+    from pathlib import Path
+
+    from attnlab.train.config import preset
+
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    text = re.search(r'inspect \$\(DEMO_OUT\).*?--text "([^"]+)"', makefile, re.S).group(1)
+    config = preset("shakespeare-char")
+    assert 0 < len(text) <= config.block_size

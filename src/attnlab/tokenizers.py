@@ -13,7 +13,10 @@
 Every tokenizer attnlab hands out shares one interface, :class:`TextTokenizer`: ``encode``,
 ``encode_batch``, ``decode``, an :class:`IncrementalDecoder` for streaming (it never splits a
 multi-byte character), the special ids (``bos_id``, ``eos_id``, ``pad_id``, ``unk_id``),
-``vocab_size`` and ``save(directory)``, which writes the one on-disk format of its kind.
+``vocab_size``, ``save(directory)``, which writes the one on-disk format of its kind, and
+``apply_chat_template``, which renders a conversation with the ``chat_template`` the files carry
+(``tokenizer_config.json``, a ``chat_template.jinja`` beside it, or the GGUF metadata; see
+:mod:`attnlab.chat`).
 
 :func:`gpt2_tiktoken` rebuilds GPT-2's tokenizer from the ``gpt2.tiktoken`` ranks file that the
 ``openai-whisper`` package ships. Nothing is ever downloaded.
@@ -66,6 +69,7 @@ class TextTokenizer:
     eos_id: int | None = None
     pad_id: int | None = None
     unk_id: int | None = None
+    chat_template: str | None = None  # Jinja source that turns messages into a prompt
 
     @property
     def vocab_size(self) -> int:
@@ -115,6 +119,39 @@ class TextTokenizer:
         """An :class:`IncrementalDecoder` over this tokenizer, for text streamed token by
         token."""
         return IncrementalDecoder(self, skip_special_tokens=skip_special_tokens)
+
+    def special_tokens(self) -> dict[str, str]:
+        """The special tokens by the names chat templates use (``{"bos_token": "<s>", ...}``);
+        empty for a vocabulary without special tokens."""
+        return {}
+
+    def apply_chat_template(
+        self, messages: list[dict], add_generation_prompt: bool = True, **kwargs
+    ) -> str:
+        """The prompt text of the conversation ``messages`` (dicts with ``role`` and
+        ``content``), rendered by :attr:`chat_template` exactly as transformers'
+        ``apply_chat_template(messages, tokenize=False)`` renders it (see :mod:`attnlab.chat`).
+
+        ``add_generation_prompt`` appends the header that opens the assistant's reply (what a
+        prompt for generation needs); ``kwargs`` are extra template variables such as ``tools``,
+        ``documents`` or a template's own flags. Encode the result with
+        ``add_special_tokens=False``: the template already writes the tokens it wants.
+        """
+        if self.chat_template is None:
+            raise ValueError(
+                f"chat_template: {self!r} has no chat template; load a tokenizer whose "
+                "tokenizer_config.json, chat_template.jinja or GGUF metadata carries one, or set "
+                "its chat_template to a Jinja template"
+            )
+        from attnlab import chat  # jinja2 is imported only by tokenizers that render chats
+
+        return chat.render(
+            self.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            special_tokens=self.special_tokens(),
+            **kwargs,
+        )
 
 
 class IncrementalDecoder:
@@ -166,6 +203,7 @@ class Tokenizer(TextTokenizer):
         backend: the ``tokenizers.Tokenizer`` that does the work (its own truncation and padding
             are switched off: :meth:`encode_batch` pads, nothing truncates).
         bos, eos, pad, unk: the special tokens as strings, or None where the vocabulary has none.
+        chat_template: the Jinja chat template shipped with the vocabulary, or None.
     """
 
     def __init__(
@@ -176,7 +214,12 @@ class Tokenizer(TextTokenizer):
         eos: str | None = None,
         pad: str | None = None,
         unk: str | None = None,
+        chat_template: str | None = None,
     ) -> None:
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise TypeError(
+                f"chat_template: expected a str or None, got {type(chat_template).__name__}"
+            )
         backend.no_truncation()
         backend.no_padding()
         self.backend = backend
@@ -184,6 +227,7 @@ class Tokenizer(TextTokenizer):
         for name, token in self.special.items():
             if token is not None and backend.token_to_id(token) is None:
                 raise ValueError(f"{name}: expected a token of the vocabulary, got {token!r}")
+        self.chat_template = chat_template
 
     def __repr__(self) -> str:
         specials = ", ".join(f"{k}={v!r}" for k, v in self.special.items() if v is not None)
@@ -193,6 +237,9 @@ class Tokenizer(TextTokenizer):
     def vocab_size(self) -> int:
         """Number of ids, added and special tokens included."""
         return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def special_tokens(self) -> dict[str, str]:
+        return {f"{name}_token": token for name, token in self.special.items() if token}
 
     def _special_id(self, name: str) -> int | None:
         token = self.special[name]
@@ -241,18 +288,25 @@ class Tokenizer(TextTokenizer):
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``tokenizer.json`` and ``tokenizer_config.json`` (the special tokens) into
-        ``directory``, each atomically; :func:`load` and transformers' ``AutoTokenizer`` read
-        them back. Returns the directory."""
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` (the special tokens and the
+        chat template) into ``directory``, each atomically; :func:`load` and transformers'
+        ``AutoTokenizer`` read them back. Returns the directory."""
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise ValueError(f"{directory}: expected a directory, got an existing file")
         atomic_write_text(directory / "tokenizer.json", self.backend.to_str(pretty=True))
-        config = {f"{name}_token": token for name, token in self.special.items() if token}
+        config: dict = self.special_tokens()
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+        # A chat_template.jinja from an earlier tokenizer saved here would win over the config.
+        (directory / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
         return directory
 
+
+# The chat template file transformers writes beside tokenizer_config.json; it wins over the config.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 # Character vocabularies: the file CharTokenizer.save writes, and the name runs used before it.
 CHAR_FILES = ("char_tokenizer.json", "chars.json")
@@ -322,7 +376,10 @@ def _is_gguf(path: Path) -> bool:
 
 def _hf_config(directory: Path) -> dict:
     """``special_tokens_map.json`` overlaid by ``tokenizer_config.json`` (either may be absent),
-    with special tokens given as ``{"content": ...}`` flattened to their strings."""
+    with special tokens given as ``{"content": ...}`` flattened to their strings, and
+    ``chat_template`` the one template to use (a string or None): the text of
+    ``chat_template.jinja`` when that file is there, else the config's (the ``"default"`` of a
+    list of named templates)."""
     config: dict = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         file = directory / name
@@ -334,7 +391,38 @@ def _hf_config(directory: Path) -> dict:
     for key, value in list(config.items()):
         if key.endswith("_token") and isinstance(value, dict):
             config[key] = value.get("content")
+    jinja = directory / CHAT_TEMPLATE_FILE
+    if jinja.is_file():
+        try:
+            config["chat_template"] = jinja.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{jinja}: expected UTF-8 text ({exc})") from None
+    else:
+        source = str(directory / "tokenizer_config.json")
+        config["chat_template"] = _chat_template(config.get("chat_template"), source)
     return config
+
+
+def _chat_template(value, source: str) -> str | None:
+    """The chat template of a ``tokenizer_config.json`` ``chat_template`` value: a string, or a
+    list of ``{"name": ..., "template": ...}`` entries, of which the one named ``"default"`` is
+    used (the others are variants for tools or retrieval). ``source`` names the file in errors."""
+    if value is None or isinstance(value, str):
+        return value
+    expected = "a string or a list of {'name': ..., 'template': ...} with one named 'default'"
+    if not isinstance(value, list) or not all(
+        isinstance(t, dict)
+        and isinstance(t.get("name"), str)
+        and isinstance(t.get("template"), str)
+        for t in value
+    ):
+        raise ValueError(f"{source}: chat_template: expected {expected}, got {value!r:.80}")
+    named = {t["name"]: t["template"] for t in value}
+    if "default" not in named:
+        raise ValueError(
+            f"{source}: chat_template: expected {expected}, got the names {sorted(named)}"
+        )
+    return named["default"]
 
 
 def _specials(config: dict, backend: Backend, defaults: dict[str, str] | None = None) -> dict:
@@ -374,7 +462,7 @@ def _from_tokenizer_json(file: Path, config: dict) -> Tokenizer:
         bos = specials["bos"] if config.get("add_bos_token") else None
         eos = specials["eos"] if config.get("add_eos_token") else None
         backend.post_processor = _template(bos, eos, backend)
-    return Tokenizer(backend, **specials)
+    return Tokenizer(backend, **specials, chat_template=config.get("chat_template"))
 
 
 def _from_bert_vocab(vocab: Path, config: dict) -> Tokenizer:
@@ -401,7 +489,8 @@ def _from_bert_vocab(vocab: Path, config: dict) -> Tokenizer:
     backend.post_processor = processors.BertProcessing(
         (sep, backend.token_to_id(sep)), (cls, backend.token_to_id(cls))
     )
-    return Tokenizer(backend, **_specials(config, backend, {"pad": "[PAD]", "unk": "[UNK]"}))
+    specials = _specials(config, backend, {"pad": "[PAD]", "unk": "[UNK]"})
+    return Tokenizer(backend, **specials, chat_template=config.get("chat_template"))
 
 
 def _byte_level(backend: Backend, add_prefix_space: bool = False) -> Backend:
@@ -426,7 +515,7 @@ def _from_gpt2_files(directory: Path, config: dict) -> Tokenizer:
     end = "<|endoftext|>"  # GPT-2's one special token, its BOS, EOS and UNK at once
     specials = _specials(config, backend, {"bos": end, "eos": end, "unk": end})
     _add_specials(backend, specials.values())
-    return Tokenizer(backend, **specials)
+    return Tokenizer(backend, **specials, chat_template=config.get("chat_template"))
 
 
 # ---- GPT-2 from tiktoken ranks ------------------------------------------------------------------
@@ -604,4 +693,10 @@ def _from_gguf(path: Path) -> Tokenizer:
     specials = {
         k: v if v and backend.token_to_id(v) is not None else None for k, v in specials.items()
     }
-    return Tokenizer(backend, **specials)
+    chat_template = meta.get("tokenizer.chat_template")
+    if chat_template is not None and not isinstance(chat_template, str):
+        raise ValueError(
+            f"{path}: tokenizer.chat_template: expected a string, "
+            f"got {type(chat_template).__name__}"
+        )
+    return Tokenizer(backend, **specials, chat_template=chat_template)

@@ -1,0 +1,12 @@
+"""Weight-only int8 and int4 quantization, applied from outside the model.
+
+``quantize(model, "int8")`` or ``quantize(model, "int4", group_size=128)`` swaps the model's
+``nn.Linear`` layers for :class:`Int8Linear` / :class:`Int4Linear` in place. Activations stay in
+floating point; the matmul runs PyTorch's CPU weight-only kernels where they are faster here
+and a dequantize-then-matmul reference otherwise (see :mod:`attnlab.quantize.kernels`).
+"""
+
+from attnlab.quantize.apply import MODES, quantize
+from attnlab.quantize.linear import Int4Linear, Int8Linear
+
+__all__ = ["MODES", "Int4Linear", "Int8Linear", "quantize"]

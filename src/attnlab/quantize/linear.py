@@ -1,0 +1,166 @@
+"""Weight-only quantized replacements for ``nn.Linear``: int8 per output channel, int4 per group.
+
+Both keep ``in_features``, ``out_features`` and the floating-point ``bias``; activations stay in
+floating point. ``weight`` is a read-only property giving the dequantized matrix (N, K), so code
+that asks a layer for its weight's dtype or device keeps working; ``dequantize`` is the same
+reference that every fast path is tested against.
+
+State dict: int8 stores ``weight_int8`` (N, K) int8 and ``scales`` (N,) fp32; int4 stores
+``weight_int4`` (N, K / 2) uint8, two codes 0..15 a byte (even column in the low nibble), and
+``scales_and_zeros`` (K / G, N, 2) fp32, the layout of PyTorch's int4 kernels. The kernel's
+packed layout is rebuilt from the codes after loading or moving. A state dict loads into a
+model quantized the same way, and fails (missing ``weight`` keys) in a floating-point one
+instead of loading as garbage.
+
+Shapes: N output features, K input features, G group size, M rows of the activation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.quantize import kernels
+
+
+class _QuantizedLinear(nn.Module):
+    mode = ""
+
+    def __init__(self, in_features: int, out_features: int, bias: Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
+
+    @property
+    def weight(self) -> Tensor:
+        """The dequantized weight (N, K) in fp32."""
+        return self.dequantize()
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        raise NotImplementedError
+
+    def _matmul(self, x2d: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x: expected last dim in_features={self.in_features}, got {tuple(x.shape)}"
+            )
+        x2d = x.reshape(-1, self.in_features)  # (..., K) -> (M, K)
+        y = self._matmul(x2d)  # (M, N)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, mode={self.mode}"
+        )
+
+
+class Int8Linear(_QuantizedLinear):
+    """int8 weights with one symmetric scale per output channel: W ≈ q * s, q in [-127, 127]."""
+
+    mode = "int8"
+    OP = "_weight_int8pack_mm"
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        n, k = weight.shape
+        super().__init__(k, n, bias)
+        w = weight.detach().float()
+        scales = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)  # (N,)
+        q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
+        self.register_buffer("weight_int8", q.contiguous())
+        self.register_buffer("scales", scales)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        return cls(linear.weight, linear.bias)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        return (self.weight_int8.float() * self.scales[:, None]).to(dtype)  # (N, K)
+
+    def _matmul(self, x2d: Tensor) -> Tensor:
+        if kernels.use_kernel(x2d, self.OP):
+            return torch.ops.aten._weight_int8pack_mm(
+                x2d.contiguous(), self.weight_int8, self.scales.to(x2d.dtype)
+            )
+        return F.linear(x2d, self.dequantize(x2d.dtype))
+
+
+class Int4Linear(_QuantizedLinear):
+    """int4 weights with an asymmetric scale and zero per group of ``group_size`` input columns.
+
+    The codes q in 0..15 dequantize as ``(q - 8) * scale + zero`` (the convention of PyTorch's
+    int4 kernels, gpt-fast and torchao), where each group's range [min, max] maps onto 0..15.
+    """
+
+    mode = "int4"
+    OP = "_weight_int4pack_mm_for_cpu"
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, *, group_size: int = 128):
+        n, k = weight.shape
+        if group_size % 2 or k % group_size:
+            raise ValueError(
+                f"group_size: expected an even divisor of in_features={k}, got {group_size}"
+            )
+        super().__init__(k, n, bias)
+        self.group_size = group_size
+        w = weight.detach().float().reshape(n, k // group_size, group_size)  # (N, K/G, G)
+        low, high = w.amin(dim=-1), w.amax(dim=-1)  # (N, K/G)
+        scales = ((high - low) / 15).clamp(min=1e-6)
+        zeros = low + 8 * scales  # value of code 8
+        q = ((w - low[..., None]) / scales[..., None]).round().clamp(0, 15)
+        q = q.to(torch.uint8).reshape(n, k // 2, 2)  # (N, K/2, 2): two codes a byte
+        self.register_buffer("weight_int4", q[..., 0] | (q[..., 1] << 4))
+        sz = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()  # (K/G, N, 2)
+        self.register_buffer("scales_and_zeros", sz)
+        self._packed: Tensor | None = None  # kernel layout, built on first use
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> Int4Linear:
+        return cls(linear.weight, linear.bias, group_size=group_size)
+
+    def codes(self) -> Tensor:
+        """The int4 codes (N, K) as uint8 in 0..15."""
+        low, high = self.weight_int4 & 0xF, self.weight_int4 >> 4
+        return torch.stack([low, high], dim=-1).reshape(self.out_features, self.in_features)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        n, k, g = self.out_features, self.in_features, self.group_size
+        q = self.codes().reshape(n, k // g, g).float()  # (N, K/G, G)
+        sz = self.scales_and_zeros.transpose(0, 1)  # (N, K/G, 2)
+        w = (q - 8) * sz[..., 0:1] + sz[..., 1:2]
+        return w.reshape(n, k).to(dtype)
+
+    def kernel_fits(self) -> bool:
+        """Whether PyTorch's int4 CPU kernel accepts this layer's shape and group size."""
+        return (
+            self.group_size in kernels.INT4_KERNEL_GROUPS
+            and self.out_features % kernels.INT4_KERNEL_N_MULTIPLE == 0
+        )
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._packed = None  # new codes: pack again
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        self._packed = None  # moved or cast: pack again from the codes
+        return super()._apply(fn, recurse)
+
+    def _matmul(self, x2d: Tensor) -> Tensor:
+        if self.kernel_fits() and kernels.use_kernel(x2d, self.OP):
+            if self._packed is None:
+                codes = self.codes().to(torch.int32)
+                self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2d.contiguous(), self._packed, self.group_size,
+                self.scales_and_zeros.to(x2d.dtype),
+            )  # fmt: skip
+        return F.linear(x2d, self.dequantize(x2d.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, group_size={self.group_size}"

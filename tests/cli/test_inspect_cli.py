@@ -148,3 +148,13 @@ def test_the_demo_text_fits_the_demo_model():
     text = re.search(r'inspect \$\(DEMO_OUT\).*?--text "([^"]+)"', makefile, re.S).group(1)
     config = preset("shakespeare-char")
     assert 0 < len(text) <= config.block_size
+
+
+def test_tokens_of_whitespace_are_drawn():
+    from attnlab.inspect.explorer import token_strings, visible
+
+    assert [visible(t) for t in (" ", "  ", "\n", "a b", " cat", "\t")] == [
+        "␣", "␣␣", "↵", "a b", " cat", "⇥"
+    ]  # fmt: skip
+    chars = CharTokenizer.from_text(CHARS)
+    assert token_strings(chars, chars.encode("a \nb")) == ["a", "␣", "↵", "b"]

@@ -35,15 +35,22 @@ PAGE_BUDGET = 300 << 20
 
 def token_strings(tokenizer, ids: Sequence[int]) -> list[str]:
     """A display string per token id: its text, or its vocabulary spelling when the text alone
-    is empty or partial (a byte of a multi-byte character)."""
+    is empty or partial (a byte of a multi-byte character); see :func:`visible`."""
     out = []
     for i in ids:
         text = tokenizer.decode([int(i)], skip_special_tokens=False)
         if not text or "\ufffd" in text:
             spelled = getattr(tokenizer, "id_to_token", lambda _: None)(int(i))
             text = spelled if spelled else text or f"<{int(i)}>"
-        out.append(text)
+        out.append(visible(text))
     return out
+
+
+def visible(text: str) -> str:
+    """A token's text with line breaks and tabs drawn (↵, ⇥), and a token of spaces alone as
+    ␣, so that no token shows as blank."""
+    text = text.replace("\r\n", "↵").replace("\n", "↵").replace("\t", "⇥")
+    return "␣" * len(text) if text and not text.strip(" ") else text
 
 
 def _view(

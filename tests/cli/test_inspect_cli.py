@@ -158,3 +158,26 @@ def test_tokens_of_whitespace_are_drawn():
     ]  # fmt: skip
     chars = CharTokenizer.from_text(CHARS)
     assert token_strings(chars, chars.encode("a \nb")) == ["a", "␣", "↵", "b"]
+
+
+def test_the_page_statistics_are_head_stats_and_detectors_from_one_forward_pass(gpt_run):
+    import attnlab
+    from attnlab.inspect import head_stats, stats_table
+    from attnlab.inspect.analysis import detect_heads
+    from attnlab.inspect.explorer import explore
+
+    model, tok = attnlab.load(gpt_run)
+    ids = torch.tensor([tok.encode("bad cab bad cab.")])
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    data = explore(model, tok, "bad cab bad cab.")
+    assert len(calls) == 1  # weights, statistics and detectors share one pass
+    want = stats_table(head_stats(model, ids))
+    scores = detect_heads(model, ids)
+    assert len(data.stats) == len(want) == 4
+    for i, (row, expected) in enumerate(zip(data.stats, want, strict=True)):
+        for metric in ("entropy", "distance", "sink", "previous"):
+            assert row[metric] == pytest.approx(expected[metric], abs=1e-6)
+        for detector, values in scores.items():
+            assert row[detector] == pytest.approx(float(values[i // 2, i % 2]), abs=1e-6)
+        assert (row["view"], row["layer"], row["head"]) == ("self", i // 2, i % 2)

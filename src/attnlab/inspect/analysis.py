@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.attention.weights import TILE_ELEMENTS, PatternSource, Selection
-from attnlab.inspect.capture import Layers, _capture, attention_weights
+from attnlab.inspect.capture import Layers, attention_weights, capture_layers
 from attnlab.inspect.hooks import check_heads, resolve_layers
 
 FUSIONS = ("mean", "max", "min")
@@ -532,7 +532,7 @@ def detect_heads(
             raise ValueError(f"{exc} (layer {key!r})") from None
         rows[key] = {n: s.mean(0) for n, s in scores.items()}  # (h,): mean over the batch
 
-    _capture(model, list(chosen), consume, (input_ids,), kwargs)
+    capture_layers(model, list(chosen), consume, (input_ids,), kwargs)
     missing = [k for k in chosen if k not in rows]
     if missing:
         raise ValueError(f"layers: {missing!r} did not run in this forward pass")

@@ -33,8 +33,11 @@ WEIGHTS_BUDGET = 1 << 30
 Layers = int | str | Iterable[int | str] | None
 
 
-def _capture(model: nn.Module, layers: Layers, consume, inputs, kwargs) -> None:
-    """Run the model once with ``consume(key, name, attn, source)`` on each layer's pattern."""
+def capture_layers(model: nn.Module, layers: Layers, consume, inputs, kwargs) -> None:
+    """Run ``model(*inputs, **kwargs)`` once, without gradients, calling ``consume(key, name,
+    attn, source)`` with the :class:`PatternSource` of each chosen layer (see
+    :func:`~attnlab.inspect.hooks.resolve_layers`): one forward pass serves every reader of the
+    weights (weights, statistics, detectors)."""
     chosen = resolve_layers(model, layers)
     with ExitStack() as stack, torch.no_grad():
         for key, (name, attn) in chosen.items():
@@ -87,7 +90,7 @@ def attention_weights(
         used[key] = need
         out[key] = source.weights(idx, rows)
 
-    _capture(model, layers, consume, inputs, kwargs)
+    capture_layers(model, layers, consume, inputs, kwargs)
     return out
 
 
@@ -118,13 +121,15 @@ class LayerStats:
     metrics: tuple[str, ...] = field(default=("entropy", "distance", "sink", "previous"))
 
 
-def _stats(
+def layer_stats(
     name: str,
     source: PatternSource,
     idx: Tensor,
-    top_k: int,
-    query_mask: Tensor | None,
+    top_k: int = 0,
+    query_mask: Tensor | None = None,
 ) -> LayerStats:
+    """The :class:`LayerStats` of heads ``idx`` (a long tensor on the source's device) of one
+    attention call, tile by tile; ``name`` labels the result."""
     b, _, tq, tk = source.shape
     h = idx.numel()
     device = source.q.device
@@ -205,9 +210,9 @@ def head_stats(
         qm = mask if mask is not None and tuple(mask.shape) == (b, tq) else None
         if qm is not None and query_mask is None and name.startswith("decoder."):
             qm = None  # the source's mask does not describe target tokens
-        out[key] = _stats(name, source, idx.to(source.q.device), top_k, qm)
+        out[key] = layer_stats(name, source, idx.to(source.q.device), top_k, qm)
 
-    _capture(model, layers, consume, inputs, kwargs)
+    capture_layers(model, layers, consume, inputs, kwargs)
     return out
 
 
@@ -235,4 +240,11 @@ def stats_table(stats: dict[int | str, LayerStats]) -> list[dict]:
     return rows
 
 
-__all__: Sequence[str] = ("LayerStats", "attention_weights", "head_stats", "stats_table")
+__all__: Sequence[str] = (
+    "LayerStats",
+    "attention_weights",
+    "capture_layers",
+    "head_stats",
+    "layer_stats",
+    "stats_table",
+)

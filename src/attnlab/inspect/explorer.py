@@ -22,8 +22,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from attnlab.inspect.analysis import detect_heads
-from attnlab.inspect.capture import attention_weights, head_stats, stats_table
+from attnlab.attention.weights import PatternSource
+from attnlab.inspect.analysis import detection_scores
+from attnlab.inspect.capture import capture_layers, layer_stats
 from attnlab.inspect.hooks import check_heads, resolve_layers
 from attnlab.inspect.page import AttentionView, PageData
 
@@ -63,8 +64,11 @@ def _view(
     query_tokens: list[str],
     key_tokens: list[str],
     budget: int,
-    detect: bool = True,
+    tokens: Tensor | None = None,
 ) -> tuple[AttentionView, list[dict]]:
+    """One view of the page and its statistics rows, from one forward pass: each layer's
+    pattern source gives the weights, the per-head statistics and, given the key ``tokens``
+    (B, Tk) of a self-attention, the head detector scores."""
     chosen = resolve_layers(model, layers)
     n_heads = {key: attn.n_heads for key, (_, attn) in chosen.items()}
     if len(set(n_heads.values())) > 1 and heads is None:
@@ -72,41 +76,47 @@ def _view(
             f"heads: the layers of view {name!r} have different head counts "
             f"({sorted(set(n_heads.values()))}); choose heads present in every layer"
         )
-    h = 0
-    for key, n in n_heads.items():
-        h = check_heads(heads, n, f"layer {key!r}").numel()
-    need = 4 * len(chosen) * h * len(query_tokens) * len(key_tokens)
+    checked = [check_heads(heads, n, f"layer {key!r}").tolist() for key, n in n_heads.items()]
+    head_ids = checked[0]  # the same in every layer (checked against each)
+    need = 4 * len(chosen) * len(head_ids) * len(query_tokens) * len(key_tokens)
     if need > budget:
         raise ValueError(
             f"heads: the {name!r} view would hold {need / 2**20:,.0f} MiB of weights "
-            f"({len(chosen)} layers x {h} heads x {len(query_tokens)} x {len(key_tokens)} "
-            f"tokens), over {budget / 2**20:,.0f} MiB; choose fewer layers or heads (for "
-            f"example --layers 0 --heads 0), or read per-head statistics with `attnlab heads`"
+            f"({len(chosen)} layers x {len(head_ids)} heads x {len(query_tokens)} x "
+            f"{len(key_tokens)} tokens), over {budget / 2**20:,.0f} MiB; choose fewer layers or "
+            f"heads (for example --layers 0 --heads 0), or read per-head statistics with "
+            f"`attnlab heads`"
         )
-    weights = attention_weights(
-        model, *inputs, layers=list(chosen), heads=heads, max_bytes=budget, **kwargs
-    )
-    stats = stats_table(head_stats(model, *inputs, layers=list(chosen), heads=heads, **kwargs))
-    if detect:  # self-attention over token ids: the head detectors too
-        scores = detect_heads(model, *inputs, layers=list(chosen), heads=heads, **kwargs)
-        per_layer = len(stats) // len(chosen)
-        for i, row in enumerate(stats):
-            for detector, values in scores.items():
-                row[detector] = float(values[i // per_layer, i % per_layer])
-    stacked = torch.stack([weights[key][0] for key in chosen]).float()  # (L, h, Tq, Tk)
-    head_ids = check_heads(heads, next(iter(n_heads.values())), "the model").tolist()
+    weights: dict = {}
+    metrics: dict = {}
+
+    def consume(key, layer_name: str, attn, source: PatternSource) -> None:
+        idx = torch.tensor(head_ids, device=source.q.device)
+        weights[key] = source.weights(idx)[0].float()  # (h, Tq, Tk)
+        stats = layer_stats(layer_name, source, idx)
+        values = {m: getattr(stats, m)[0] for m in stats.metrics}  # (h,) each
+        if tokens is not None:
+            scores = detection_scores(source, tokens, heads=idx)
+            values |= {detector: s[0] for detector, s in scores.items()}
+        metrics[key] = values
+
+    capture_layers(model, list(chosen), consume, inputs, kwargs)
     labels = [key if isinstance(key, int) else i for i, key in enumerate(chosen)]
-    for row in stats:
-        row["view"] = name
+    rows = [
+        {"view": name, "layer": label, "head": head}
+        | {m: float(v[j]) for m, v in metrics[key].items()}
+        for label, key in zip(labels, chosen, strict=True)
+        for j, head in enumerate(head_ids)
+    ]
     view = AttentionView(
         name=name,
         query_tokens=query_tokens,
         key_tokens=key_tokens,
         layers=labels,
         heads=head_ids,
-        weights=stacked,
+        weights=torch.stack([weights[key] for key in chosen]),  # (L, h, Tq, Tk)
     )
-    return view, stats
+    return view, rows
 
 
 def explore(
@@ -158,9 +168,7 @@ def explore(
         batch = (image[None].to(device),)
         logits = model(*batch).logits[0]
         meta.setdefault("prediction", f"class {int(logits.argmax())}")
-        view, rows = _view(
-            "self", model, batch, {}, layers, heads, tokens, tokens, max_bytes, detect=False
-        )
+        view, rows = _view("self", model, batch, {}, layers, heads, tokens, tokens, max_bytes)
         views.append(view)
         stats += rows
     else:
@@ -180,7 +188,9 @@ def explore(
                 )
             tokens = token_strings(tokenizer, ids)
             batch = (torch.tensor([ids], device=device),)
-            view, rows = _view("self", model, batch, {}, layers, heads, tokens, tokens, max_bytes)
+            view, rows = _view(
+                "self", model, batch, {}, layers, heads, tokens, tokens, max_bytes, batch[0]
+            )
             views.append(view)
             stats += rows
         else:
@@ -225,15 +235,14 @@ def _translation(model, tokenizer, text, target, layers, heads, budget):
         if not 0 <= i < n:
             raise ValueError(f"layers: layer {i} is out of range; expected 0 <= layer < {n}")
     views, stats = [], []
-    for name, stack, chosen, q_tok, k_tok in (
-        ("encoder", "encoder.blocks.{}.attn", enc_layers, src_tokens, src_tokens),
-        ("decoder", "decoder.blocks.{}.attn", dec_layers, tgt_tokens, tgt_tokens),
-        ("cross", "decoder.blocks.{}.cross", dec_layers, tgt_tokens, src_tokens),
+    # The detectors score self-attention over one sequence: the source's or the target's ids.
+    for name, stack, chosen, q_tok, k_tok, ids in (
+        ("encoder", "encoder.blocks.{}.attn", enc_layers, src_tokens, src_tokens, src_ids),
+        ("decoder", "decoder.blocks.{}.attn", dec_layers, tgt_tokens, tgt_tokens, tgt_ids),
+        ("cross", "decoder.blocks.{}.cross", dec_layers, tgt_tokens, src_tokens, None),
     ):
         names = [stack.format(i) for i in chosen]
-        view, rows = _view(
-            name, model, (src_ids,), kwargs, names, heads, q_tok, k_tok, budget, name != "cross"
-        )
+        view, rows = _view(name, model, (src_ids,), kwargs, names, heads, q_tok, k_tok, budget, ids)
         view.layers = list(chosen)
         for row, layer in zip(rows, [i for i in chosen for _ in view.heads], strict=True):
             row["layer"] = layer

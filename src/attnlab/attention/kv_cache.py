@@ -14,6 +14,25 @@ import torch
 from torch import Tensor, nn
 
 
+def check_kv(k: Tensor, v: Tensor, keys: Tensor, values: Tensor) -> None:
+    """Check new k (B, Hkv, T, D) and v (B, Hkv, T, Dv) against a cache's buffers ``keys``
+    (B, Hkv, L, D) and ``values`` (B, Hkv, L, Dv); errors name the argument."""
+    for name, t in (("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.device != keys.device:
+            raise ValueError(f"{name}: expected device {keys.device}, got {t.device}")
+    want = (keys.shape[0], keys.shape[1], keys.shape[3])
+    if k.dim() != 4 or (k.shape[0], k.shape[1], k.shape[3]) != want:
+        raise ValueError(
+            f"k: expected shape (B, Hkv, T, D) with (B, Hkv, D) = {want}, got {tuple(k.shape)}"
+        )
+    if v.dim() != 4 or v.shape[:3] != k.shape[:3] or v.shape[3] != values.shape[3]:
+        raise ValueError(
+            f"v: expected shape {(*k.shape[:3], values.shape[3])}, got {tuple(v.shape)}"
+        )
+
+
 class KVCache(nn.Module):
     """Cache of keys (B, Hkv, L, D) and values (B, Hkv, L, Dv) with a fill ``length``."""
 
@@ -52,15 +71,7 @@ class KVCache(nn.Module):
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append k (B, Hkv, T, D) and v (B, Hkv, T, Dv); return all keys and values so far."""
-        want = (self.k.shape[0], self.k.shape[1], self.k.shape[3])
-        if k.dim() != 4 or (k.shape[0], k.shape[1], k.shape[3]) != want:
-            raise ValueError(
-                f"k: expected shape (B, Hkv, T, D) with (B, Hkv, D) = {want}, got {tuple(k.shape)}"
-            )
-        if v.shape[:3] != k.shape[:3] or v.shape[3] != self.v.shape[3]:
-            raise ValueError(
-                f"v: expected shape {(*k.shape[:3], self.v.shape[3])}, got {tuple(v.shape)}"
-            )
+        check_kv(k, v, self.k, self.v)
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(

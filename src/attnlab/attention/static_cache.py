@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.attention import masks as mask_lib
+from attnlab.attention.kv_cache import check_kv
 from attnlab.attention.masks import Mask
 
 
@@ -135,22 +136,6 @@ class _SlotCache(nn.Module):
         return self.k.shape[2]
 
     # -- checks ---------------------------------------------------------------------------------
-    def _check_kv(self, k: Tensor, v: Tensor) -> None:
-        want = (self.k.shape[0], self.k.shape[1], self.k.shape[3])
-        for name, t in (("k", k), ("v", v)):
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-            if t.device != self.k.device:
-                raise ValueError(f"{name}: expected device {self.k.device}, got {t.device}")
-        if k.dim() != 4 or (k.shape[0], k.shape[1], k.shape[3]) != want:
-            raise ValueError(
-                f"k: expected shape (B, Hkv, T, D) with (B, Hkv, D) = {want}, got {tuple(k.shape)}"
-            )
-        if v.dim() != 4 or v.shape[:3] != k.shape[:3] or v.shape[3] != self.v.shape[3]:
-            raise ValueError(
-                f"v: expected shape {(*k.shape[:3], self.v.shape[3])}, got {tuple(v.shape)}"
-            )
-
     def _check_positions(self, positions: Tensor, t: int) -> Tensor:
         """``positions`` as (1 or B, T) long, checked for shape (and values in eager mode)."""
         pos = _positions(positions, "positions", self.batch)
@@ -304,7 +289,7 @@ class StaticKVCache(_SlotCache):
             valid: (B, T) bool, False for padding tokens: written (so every row keeps one
                 layout) but never attended. Default: every token is real.
         """
-        self._check_kv(k, v)
+        check_kv(k, v, self.k, self.v)
         pos = self._check_positions(positions, k.shape[2])
         valid = self._check_valid(valid, k.shape[2])
         if self._eager_checks() and pos.numel() and bool(pos.max() >= self.max_len):
@@ -413,7 +398,7 @@ class RingKVCache(_SlotCache):
                 from call to call.
             valid: (B, T) bool, False for padding tokens (never attended).
         """
-        self._check_kv(k, v)
+        check_kv(k, v, self.k, self.v)
         t = k.shape[2]
         pos = self._check_positions(positions, t)
         valid = self._check_valid(valid, t)

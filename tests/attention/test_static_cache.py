@@ -26,7 +26,7 @@ def _decode(cache, q, k, v, chunks, backend="reference"):
     outs, start = [], 0
     for n in chunks:
         pos = torch.arange(start, start + n)
-        k_all, v_all, mask = cache.attention_inputs(
+        k_all, v_all, mask, _ = cache.attention_inputs(
             k[:, :, start : start + n], v[:, :, start : start + n], pos
         )
         outs.append(attend(q[:, :, start : start + n], k_all, v_all, mask=mask, backend=backend))
@@ -75,7 +75,7 @@ def test_left_padded_prompts_decode_like_each_prompt_alone():
     for step in range(steps):
         pos = cache.next_positions()  # (B, 1): each row's next position, as a tensor
         s = pad_to + step
-        k_all, v_all, mask = cache.attention_inputs(k[:, :, s : s + 1], v[:, :, s : s + 1], pos)
+        k_all, v_all, mask, _ = cache.attention_inputs(k[:, :, s : s + 1], v[:, :, s : s + 1], pos)
         outs.append(attend(q[:, :, s : s + 1], k_all, v_all, mask=mask, backend="reference"))
     out = torch.cat(outs, dim=2)
 
@@ -240,7 +240,7 @@ def _masked_softmax_attention(q, k, v, allowed):
 def _decode_step(cache):
     def step(q, k, v):
         pos = cache.next_positions()  # each row's next position, read from the cache
-        k_all, v_all, mask = cache.attention_inputs(k, v, pos)
+        k_all, v_all, mask, _ = cache.attention_inputs(k, v, pos)
         return _masked_softmax_attention(q, k_all, v_all, mask.tensor)
 
     return step

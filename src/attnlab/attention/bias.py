@@ -69,6 +69,26 @@ class Bias:
         )
         return out.float().expand(nb, nh, q_idx.numel(), kv_idx.numel())
 
+    def between(self, heads: int, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """The bias (B, H or 1, T, S) of queries at absolute positions ``q_pos`` (1 or B, T)
+        against keys at ``k_pos`` (B, S): for keys in cache slots rather than in sequence
+        order (:mod:`attnlab.attention.static_cache`). Entries at negative key positions (no
+        token there) are meaningless and must be masked."""
+        if self.batch_size() is not None:
+            raise TypeError(
+                f"bias: a {type(self).__name__} depends on the batch layout and cannot follow "
+                "cache positions"
+            )
+        device = k_pos.device
+        nh = heads if self.heads() is not None else 1
+        out = self.value(0)(
+            torch.zeros(1, 1, 1, 1, dtype=torch.long, device=device),
+            torch.arange(nh, device=device)[None, :, None, None],
+            q_pos[:, None, :, None],
+            k_pos[:, None, None, :],
+        )
+        return out.float().expand(k_pos.shape[0], nh, q_pos.shape[-1], k_pos.shape[-1])
+
     def dense(
         self, batch: int, heads: int, tq: int, tk: int, device: torch.device | str = "cpu"
     ) -> Tensor:

@@ -26,6 +26,8 @@ import functools
 import math
 from dataclasses import dataclass
 
+import torch
+
 from attnlab.attention.backends.base import Backend, backend_names, get_backend
 from attnlab.attention.call import AttentionCall
 
@@ -153,7 +155,10 @@ def is_sparse(call: AttentionCall, costs: Costs | None = None) -> bool:
 
 def priority(call: AttentionCall) -> tuple[str, ...]:
     """Backend names in the order "auto" tries them for ``call``."""
-    return _ordered(_device_type(call), is_sparse(call), tuple(backend_names()))
+    args = (_device_type(call), is_sparse(call), tuple(backend_names()))
+    if torch.compiler.is_compiling():  # traced once into the graph; the cache is for eager
+        return _ordered.__wrapped__(*args)
+    return _ordered(*args)
 
 
 @functools.lru_cache(maxsize=32)

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.attention import bias as bias_lib
 from attnlab.attention import masks as mask_lib
 from attnlab.attention.bias import Bias, RelativePositionBias
+from attnlab.attention.caches import BoundCache, make_layer_cache
 from attnlab.attention.kv_cache import KVCache
 from attnlab.attention.masks import Mask
 from attnlab.attention.points import make_points
@@ -113,7 +115,7 @@ class MultiHeadAttention(nn.Module):
         context: Tensor | None = None,
         *,
         mask: Mask | Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | BoundCache | None = None,
         positions: Tensor | None = None,
     ) -> Tensor:
         """Attend from ``x`` (B, T, C) to itself, or to ``context`` (B, S, kv_dim): (B, T, C).
@@ -124,8 +126,11 @@ class MultiHeadAttention(nn.Module):
                 ones attended to, so decoding token by token equals the full forward. In
                 cross-attention the cache is filled from ``context`` on the first call and
                 reused afterwards (the context's keys/values are computed once per sequence).
+                A slotted cache (a :class:`~attnlab.attention.caches.BoundCache` from
+                ``Caches.bind``) writes at its tensor positions and supplies the mask over its
+                slots, combined with ``mask`` (the model then passes none).
             positions: absolute positions of the queries, (T,) or (B, T), for RoPE; default
-                continues the cache (or 0..T-1 without one).
+                continues the cache (or 0..T-1 without one); a slotted cache's positions.
 
         Hook points (see :mod:`attnlab.inspect`): ``q`` (B, H, T, Dh), ``k`` and ``v``
         (B, Hkv, T, Dh) after projections and positions (this call's keys, before the cache),
@@ -138,6 +143,9 @@ class MultiHeadAttention(nn.Module):
         q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, Dh)
         if self.q_norm is not None:
             q = self.q_norm(q)
+        slotted = isinstance(cache, BoundCache)
+        if slotted and context is not None:
+            raise TypeError("cache: cross-attention keeps the source in a dynamic KVCache")
         reuse = context is not None and cache is not None and cache.length
         if reuse:
             k, v = cache.k[:, :, : cache.length], cache.v[:, :, : cache.length]  # reused
@@ -147,7 +155,9 @@ class MultiHeadAttention(nn.Module):
             if self.k_norm is not None:
                 k = self.k_norm(k)
 
-        if positions is None:
+        if positions is None and slotted:
+            positions = cache.positions  # where the tokens are stored
+        elif positions is None:
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + x.shape[1], device=x.device)
         bias = None
@@ -161,11 +171,19 @@ class MultiHeadAttention(nn.Module):
             elif isinstance(self.position, Bias):
                 bias = self.position
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
-        if cache is not None and not reuse:
-            k, v = cache.update(k, v)
-
         if isinstance(mask, Tensor):
             mask = mask_lib.from_tensor(mask)
+        if slotted:
+            view = cache.attention_inputs(k, v)  # (B, Hkv, S, Dh) each, mask (B, 1, T, S)
+            k, v = view.k, view.v
+            mask = view.mask if mask is None else view.mask & mask
+            if bias is not None:  # keys sit in slots: the bias follows their positions
+                q_pos = cache.positions if cache.positions.dim() == 2 else cache.positions[None]
+                bias = bias_lib.from_tensor(
+                    bias.between(self.n_heads, q_pos, view.key_positions)
+                )  # (B, H, T, S)
+        elif cache is not None and not reuse:
+            k, v = cache.update(k, v)
         dropout_p = self.dropout if self.training else 0.0
         q, k, scale = self.score.prepare(q, k)
         pattern = None
@@ -197,15 +215,28 @@ class MultiHeadAttention(nn.Module):
         return self.hook_out(out)
 
     def make_cache(
-        self, batch: int, max_len: int, *, dtype: torch.dtype | None = None, device=None
-    ) -> KVCache:
-        """A KV cache sized for this module's key/value heads."""
+        self,
+        batch: int,
+        max_len: int,
+        *,
+        kind: str = "dynamic",
+        window: int | None = None,
+        dtype: torch.dtype | None = None,
+        device=None,
+        check_values: bool = True,
+    ) -> nn.Module:
+        """A KV cache of ``kind`` ("dynamic", "static", "ring"; see
+        :mod:`attnlab.attention.caches`) sized for this module's key/value heads; its dtype
+        defaults to the weights'."""
         weight = self.k_proj.weight
-        return KVCache(
+        return make_layer_cache(
+            kind,
             batch,
             self.n_kv_heads,
             max_len,
             self.head_dim,
+            window=window,
             dtype=dtype or weight.dtype,
             device=device or weight.device,
+            check_values=check_values,
         )

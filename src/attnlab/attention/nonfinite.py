@@ -16,7 +16,8 @@ Fast kernels break the third point on their own: a masked value is weighted by a
 score under the mask stays NaN. Only a call with a mask can break it, and it can only add NaN
 where the rule puts none, so :func:`contain` checks the output of such a call (one sum over it;
 for a plain causal mask one sum over the last query row, which sees every key; on a GPU the
-check waits for the kernel) and only when it finds NaN recomputes the call exactly: with every
+check waits for the kernel; under ``torch.compile`` it is skipped) and only when it finds NaN
+recomputes the call exactly: with every
 non-finite entry of q, k and v set to 0, and NaN written back into the rows that see one.
 Training calls with other masks also sum k and v, since a masked NaN there can leave the output
 clean and still reach the gradients. After an exact recomputation the gradients that flow
@@ -47,6 +48,12 @@ def contain(call: AttentionCall, forward: Forward) -> tuple[Tensor, Tensor | Non
     """Run ``forward(call)`` under the rule above: (output, weights or None)."""
     if call.mask is None or call.tq == 0 or call.tk == 0:
         # Every row sees every key (or there is nothing to see): NaN spreads as the rule says.
+        return forward(call)
+    if torch.compiler.is_compiling():
+        # A compiled step (decoding over a static cache) cannot branch on tensor values without
+        # breaking its graph at every layer. The caches it reads start zeroed and only ever
+        # hold keys and values the model computed, so a masked slot is finite unless the model
+        # itself produced a non-finite key, and then the eager path is the one to debug with.
         return forward(call)
     if call.plain_causal:
         # The hot path. The last query row attends to every key, so a non-finite key or value

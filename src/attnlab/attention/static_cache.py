@@ -43,11 +43,13 @@ from attnlab.attention.masks import Mask
 
 
 class CacheView(NamedTuple):
-    """What one attention call over a cache needs: keys, values and the mask relating them."""
+    """What one attention call over a cache needs: keys, values, the mask relating them to
+    the queries, and the keys' absolute positions (for position biases such as ALiBi)."""
 
     k: Tensor  # (B, Hkv, S', D)
     v: Tensor  # (B, Hkv, S', Dv)
     mask: Mask  # (B, 1, T, S') boolean, True = attend
+    key_positions: Tensor  # (B, S') long, -1 where no real token is
 
 
 def position_mask(
@@ -314,7 +316,7 @@ class StaticKVCache(_SlotCache):
         # Positions may be a view of ``lengths``, which the write changes in place.
         positions = positions.clone() if isinstance(positions, Tensor) else positions
         k_all, v_all = self.update(k, v, positions, valid=valid)
-        return CacheView(k_all, v_all, self.mask(positions))
+        return CacheView(k_all, v_all, self.mask(positions), self.slot_positions)
 
     @torch.no_grad()
     def truncate(self, n: int | Tensor) -> None:
@@ -435,7 +437,7 @@ class RingKVCache(_SlotCache):
         # Positions may be a view of ``lengths``, which the write changes in place.
         positions = positions.clone() if isinstance(positions, Tensor) else positions
         k_all, v_all, key_positions = self.update(k, v, positions, valid=valid)
-        return CacheView(k_all, v_all, self.mask(positions, key_positions))
+        return CacheView(k_all, v_all, self.mask(positions, key_positions), key_positions)
 
 
 def _check_count(value: object, name: str) -> None:

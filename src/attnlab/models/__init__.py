@@ -11,7 +11,7 @@ from torch import nn
 
 from attnlab.models import bert, encoder_decoder, gpt, presets, vit
 from attnlab.models.bert import BERT, BertConfig
-from attnlab.models.encoder_decoder import DecoderCaches, EncoderDecoder, TransformerConfig
+from attnlab.models.encoder_decoder import EncoderDecoder, TransformerConfig
 from attnlab.models.gpt import GPT, GPTConfig, lm_loss
 from attnlab.models.output import ModelOutput, set_backend
 from attnlab.models.vit import ViT, ViTConfig
@@ -76,7 +76,6 @@ __all__ = [
     "BERT",
     "GPT",
     "BertConfig",
-    "DecoderCaches",
     "EncoderDecoder",
     "GPTConfig",
     "ModelOutput",

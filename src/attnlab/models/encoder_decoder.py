@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.attention import masks
-from attnlab.attention.kv_cache import KVCache
+from attnlab.attention.caches import Caches
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import MLP, Block, make_norm
 from attnlab.models import presets
@@ -101,23 +101,6 @@ PRESETS: dict[str, dict] = {
 }
 
 
-@dataclass
-class DecoderCaches:
-    """Per decoder block: a cache of the target's keys/values and one of the source's."""
-
-    self_attn: list[KVCache]
-    cross_attn: list[KVCache]
-
-    @property
-    def length(self) -> int:
-        """Target tokens decoded so far."""
-        return self.self_attn[0].length
-
-    def reset(self) -> None:
-        for cache in (*self.self_attn, *self.cross_attn):
-            cache.reset()
-
-
 class EncoderDecoder(nn.Module):
     """Sequence-to-sequence Transformer; ``EncoderDecoder.from_preset("transformer-base")``."""
 
@@ -159,8 +142,9 @@ class EncoderDecoder(nn.Module):
     def from_preset(cls, name: str, **overrides) -> EncoderDecoder:
         return cls(TransformerConfig.from_preset(name, **overrides))
 
-    def _embed(self, table: nn.Embedding, ids: Tensor, start: int = 0) -> Tensor:
-        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+    def _embed(self, table: nn.Embedding, ids: Tensor, positions: Tensor | None = None) -> Tensor:
+        if positions is None:
+            positions = torch.arange(ids.shape[1], device=ids.device)
         return self.drop(table(ids) * math.sqrt(self.config.dim) + self.pos(positions))
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -182,13 +166,23 @@ class EncoderDecoder(nn.Module):
         x = stack.x if self.enc_norm is None else self.enc_norm(stack.x)
         return x, stack.attentions
 
-    def make_caches(self, batch: int, src_len: int, max_len: int | None = None, **kwargs):
+    def make_caches(
+        self,
+        batch: int,
+        src_len: int,
+        max_len: int | None = None,
+        *,
+        kind: str = "dynamic",
+        **kwargs,
+    ) -> Caches:
         """Decoding caches for ``batch`` sequences: target keys/values up to ``max_len`` tokens
-        (default ``config.max_len``) and source keys/values of ``src_len`` tokens."""
+        (default ``config.max_len``) in caches of ``kind`` ("dynamic", "static"; see
+        :mod:`attnlab.attention.caches`), and source keys/values of ``src_len`` tokens."""
         n = max_len or self.config.max_len
-        return DecoderCaches(
-            [blk.attn.make_cache(batch, n, **kwargs) for blk in self.decoder],
-            [blk.cross.make_cache(batch, src_len, **kwargs) for blk in self.decoder],
+        cross = {k: v for k, v in kwargs.items() if k in ("dtype", "device")}
+        return Caches(
+            [blk.attn.make_cache(batch, n, kind=kind, **kwargs) for blk in self.decoder],
+            [blk.cross.make_cache(batch, src_len, **cross) for blk in self.decoder],
         )
 
     def forward(
@@ -199,7 +193,8 @@ class EncoderDecoder(nn.Module):
         decoder_input_ids: Tensor | None = None,
         decoder_attention_mask: Tensor | None = None,
         encoder_hidden: Tensor | None = None,
-        caches: DecoderCaches | None = None,
+        caches: Caches | None = None,
+        cache_positions: Tensor | None = None,
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -213,6 +208,8 @@ class EncoderDecoder(nn.Module):
             decoder_attention_mask: (B, cached + T), 1 = real target token.
             encoder_hidden: the output of :meth:`encode`, to skip re-encoding while decoding.
             caches: from :meth:`make_caches`; the decoder then continues from its length.
+            cache_positions: with a static cache, the target positions of this call's tokens,
+                (T,) or (B, T); default each row's next free position.
             labels: target ids (B, T) to predict, -100 (or ``pad_id`` after shifting) ignored.
         """
         if decoder_input_ids is None:
@@ -226,17 +223,28 @@ class EncoderDecoder(nn.Module):
                 input_ids, attention_mask, output_attentions
             )
         b, t = decoder_input_ids.shape
-        past = caches.length if caches is not None else 0
-        self_mask = masks.causal()
-        if decoder_attention_mask is not None:
-            self_mask = self_mask & key_padding_mask(decoder_attention_mask, b, past + t)
+        self_caches = caches.layers if caches is not None else None
+        if caches is not None and caches.slotted:
+            if cache_positions is None:
+                cache_positions = caches.next_positions(t)
+            valid = None
+            if decoder_attention_mask is not None:
+                valid = decoder_attention_mask.bool()[:, -t:]
+            self_caches = caches.bind(cache_positions, valid)
+            self_mask, positions = None, cache_positions
+        else:
+            past = caches.length if caches is not None else 0
+            positions = torch.arange(past, past + t, device=decoder_input_ids.device)
+            self_mask = masks.causal()
+            if decoder_attention_mask is not None:
+                self_mask = self_mask & key_padding_mask(decoder_attention_mask, b, past + t)
         stack = run_blocks(
             self.decoder,
-            self._embed(self.tgt_tok, decoder_input_ids, past),
+            self._embed(self.tgt_tok, decoder_input_ids, positions),
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            caches=caches.self_attn if caches is not None else None,
-            cross_caches=caches.cross_attn if caches is not None else None,
+            caches=self_caches,
+            cross_caches=caches.cross if caches is not None else None,
             mask=self_mask,
             context=encoder_hidden,
             context_mask=key_padding_mask(attention_mask, b, encoder_hidden.shape[1]),

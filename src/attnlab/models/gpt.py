@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from attnlab.attention import masks
 from attnlab.attention.bias import alibi
-from attnlab.attention.kv_cache import KVCache
+from attnlab.attention.caches import Caches
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import Block, make_mlp, make_norm
 from attnlab.layers.mlp import MLPS
@@ -171,18 +171,25 @@ class GPT(nn.Module):
     def from_preset(cls, name: str, **overrides) -> GPT:
         return cls(GPTConfig.from_preset(name, **overrides))
 
-    def make_caches(self, batch: int, max_len: int | None = None, **kwargs) -> list[KVCache]:
-        """One preallocated KV cache per block for decoding."""
+    def make_caches(
+        self, batch: int, max_len: int | None = None, *, kind: str = "dynamic", **kwargs
+    ) -> Caches:
+        """Preallocated key/value caches for decoding, one per block: ``kind`` "dynamic",
+        "static" or "ring" (with ``window=``), see :mod:`attnlab.attention.caches`; ``dtype``,
+        ``device`` default to the weights'."""
         n = max_len or self.config.max_len
-        return [block.attn.make_cache(batch, n, **kwargs) for block in self.blocks]
+        return Caches(
+            [block.attn.make_cache(batch, n, kind=kind, **kwargs) for block in self.blocks]
+        )
 
     def forward(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         *,
-        caches: list[KVCache] | None = None,
+        caches: Caches | None = None,
         positions: Tensor | None = None,
+        cache_positions: Tensor | None = None,
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -191,18 +198,53 @@ class GPT(nn.Module):
 
         Args:
             attention_mask: (B, S) with 1 for real tokens and 0 for padding, covering cached
-                and new tokens (Hugging Face convention); positions then count real tokens
-                only, so left-padded rows see the same positions as unpadded ones.
+                and new tokens (Hugging Face convention; with a static or ring cache its last T
+                columns are enough); positions then count real tokens only, so left-padded
+                rows see the same positions as unpadded ones.
             caches: from :meth:`make_caches`; new keys/values are appended.
             positions: absolute positions (B, T) or (T,); default from ``attention_mask`` or
                 from the cache length.
+            cache_positions: with a static or ring cache, where this call's tokens are stored,
+                (T,) or (B, T); default each row's next free position.
             labels: token ids (B, T) for the next-token loss (see :func:`lm_loss`).
             output_hidden_states, output_attentions: also return every block's input (and the
                 final normalised output) and every block's attention weights (B, H, T, S).
         """
         check_input_ids(input_ids)
+        t = input_ids.shape[1]
+        if caches is not None and caches.slotted:
+            layer_caches, mask, positions = self._slotted(
+                caches, t, attention_mask, positions, cache_positions
+            )
+        else:
+            layer_caches = caches
+            mask, positions = self._dynamic(input_ids, caches, attention_mask, positions)
+
+        x = self.tok(input_ids)  # (B, T, C)
+        if self.pos is not None:
+            x = x + self.pos(positions)
+        stack = run_blocks(
+            self.blocks,
+            self.drop(x),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            caches=layer_caches,
+            mask=mask,
+            positions=positions,
+        )
+        x = self.norm(stack.x)
+        logits = self.head(x)  # (B, T, V)
+        return ModelOutput(
+            logits,
+            hidden_states=(*stack.hidden_states, x) if output_hidden_states else None,
+            attentions=stack.attentions,
+            loss=lm_loss(logits, labels, attention_mask) if labels is not None else None,
+        )
+
+    def _dynamic(self, input_ids, caches, attention_mask, positions):
+        """Mask and positions of a call without a cache or with a dynamic one."""
         b, t = input_ids.shape
-        past = caches[0].length if caches else 0
+        past = caches.length if caches is not None else 0
         if past + t > self.config.max_len and self.pos is not None:
             raise ValueError(
                 f"input_ids: {past + t} positions exceed max_len={self.config.max_len}"
@@ -220,27 +262,27 @@ class GPT(nn.Module):
                 positions = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
         if positions is None:
             positions = torch.arange(past, past + t, device=input_ids.device)
+        return mask, positions
 
-        x = self.tok(input_ids)  # (B, T, C)
-        if self.pos is not None:
-            x = x + self.pos(positions)
-        stack = run_blocks(
-            self.blocks,
-            self.drop(x),
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            caches=caches,
-            mask=mask,
-            positions=positions,
-        )
-        x = self.norm(stack.x)
-        logits = self.head(x)  # (B, T, V)
-        return ModelOutput(
-            logits,
-            hidden_states=(*stack.hidden_states, x) if output_hidden_states else None,
-            attentions=stack.attentions,
-            loss=lm_loss(logits, labels, attention_mask) if labels is not None else None,
-        )
+    def _slotted(self, caches, t, attention_mask, positions, cache_positions):
+        """Per-layer cache views, no model mask (the caches supply it), and positions of a
+        call over a static or ring cache."""
+        if cache_positions is None:
+            cache_positions = caches.next_positions(t)
+        valid = None
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[1] < t:
+                raise ValueError(
+                    f"attention_mask: expected (B, S) with S >= {t} new tokens, got "
+                    f"{tuple(attention_mask.shape)}"
+                )
+            keep = attention_mask.bool()
+            valid = keep[:, -t:]
+            if positions is None:
+                positions = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
+        if positions is None:
+            positions = cache_positions
+        return caches.bind(cache_positions, valid), None, positions
 
 
 def lm_loss(logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:

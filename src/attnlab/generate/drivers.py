@@ -1,0 +1,192 @@
+"""How the generation engine runs each model family: prefill, then one token per step.
+
+A driver holds what one generation needs besides the caches (for an encoder-decoder: the
+encoded source) and offers the two calls the engine makes (gpt-fast's ``prefill`` and
+``decode_one_token``):
+
+* ``prefill(ids, mask, caches)``: the (left-padded) prompt (B, T) through the model, filling the
+  caches; the logits of its last position (B, V) and each row's next position (B, 1).
+* ``step(token, positions, cache_positions, caches)``: one token (B, 1) at model positions
+  (B, 1) and cache position (1,); its logits (B, V). The shapes are the same every step, so
+  the step compiles once (:func:`compiled`) and replays.
+
+Drivers are looked up by model class in ``DRIVERS`` (a registry, not a chain of ifs).
+
+Shapes: B rows, T prompt tokens, S source tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.attention.caches import Caches
+from attnlab.models.encoder_decoder import EncoderDecoder
+from attnlab.models.gpt import GPT
+
+
+class DecoderOnly:
+    """GPT (both flavours): the prompt is the start of the sequence."""
+
+    seq2seq = False
+
+    def __init__(self, model: GPT, input_ids: Tensor, attention_mask: Tensor | None) -> None:
+        self.model = model
+        self.context = model.config.max_len
+        self.vocab = model.head.out_features
+        self.prompt = input_ids
+        self.prompt_mask = _mask(input_ids, attention_mask)
+
+    def make_caches(self, batch: int, max_len: int, **kwargs) -> Caches:
+        return self.model.make_caches(batch, max_len, **kwargs)
+
+    def prefill(self, ids: Tensor, mask: Tensor, caches: Caches) -> tuple[Tensor, Tensor]:
+        logits = self.model(ids, mask, caches=caches).logits[:, -1]  # (B, V)
+        return logits, mask.sum(-1, keepdim=True)  # next position: real tokens so far (B, 1)
+
+    def step(self, token, positions, cache_positions, caches) -> Tensor:
+        return _gpt_step(self.model, token, positions, cache_positions, caches)
+
+    def compiled_step(self, mode: str | None) -> Callable:
+        step = compiled(_gpt_step, mode)
+        return lambda token, pos, cpos, caches: step(self.model, token, pos, cpos, caches)
+
+
+class Seq2Seq:
+    """The encoder-decoder: the source is encoded once; the target starts with ``bos_id``."""
+
+    seq2seq = True
+
+    def __init__(
+        self, model: EncoderDecoder, input_ids: Tensor, attention_mask: Tensor | None
+    ) -> None:
+        self.model = model
+        self.context = model.config.max_len
+        self.vocab = model.head.out_features
+        self.source, self.source_mask = input_ids, attention_mask
+        self.prompt = input_ids.new_full((input_ids.shape[0], 1), model.config.bos_id)
+        self.prompt_mask = torch.ones_like(self.prompt)
+        self.memory: Tensor | None = None
+
+    def make_caches(self, batch: int, max_len: int, **kwargs) -> Caches:
+        return self.model.make_caches(batch, self.source.shape[1], max_len, **kwargs)
+
+    def prefill(self, ids: Tensor, mask: Tensor, caches: Caches) -> tuple[Tensor, Tensor]:
+        if self.memory is None:
+            self.memory = self.model.encode(self.source, self.source_mask)  # (B, S, C)
+        logits = self.model(
+            self.source,
+            self.source_mask,
+            decoder_input_ids=ids,
+            decoder_attention_mask=mask,
+            encoder_hidden=self.memory,
+            caches=caches,
+        ).logits[:, -1]
+        return logits, mask.sum(-1, keepdim=True)
+
+    def step(self, token, positions, cache_positions, caches) -> Tensor:
+        return _seq2seq_step(
+            self.model, self.source, self.source_mask, self.memory, token, cache_positions, caches
+        )
+
+    def compiled_step(self, mode: str | None) -> Callable:
+        step = compiled(_seq2seq_step, mode)
+        return lambda token, pos, cpos, caches: step(
+            self.model, self.source, self.source_mask, self.memory, token, cpos, caches
+        )
+
+    def reorder(self, indices: Tensor) -> None:
+        """Rows follow ``indices`` (beam search)."""
+        self.source = self.source.index_select(0, indices)
+        if self.source_mask is not None:
+            self.source_mask = self.source_mask.index_select(0, indices)
+        if self.memory is not None:
+            self.memory = self.memory.index_select(0, indices)
+
+
+def _gpt_step(model, token, positions, cache_positions, caches) -> Tensor:
+    out = model(token, caches=caches, positions=positions, cache_positions=cache_positions)
+    return out.logits[:, -1]  # (B, V)
+
+
+def _seq2seq_step(model, source, source_mask, memory, token, cache_positions, caches) -> Tensor:
+    out = model(
+        source,
+        source_mask,
+        decoder_input_ids=token,
+        encoder_hidden=memory,
+        caches=caches,
+        cache_positions=cache_positions,
+    )
+    return out.logits[:, -1]  # (B, V)
+
+
+def _mask(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+    if attention_mask is None:
+        return torch.ones_like(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask: expected the shape of input_ids {tuple(input_ids.shape)}, got "
+            f"{tuple(attention_mask.shape)}"
+        )
+    if attention_mask.dtype.is_floating_point:
+        raise TypeError(
+            f"attention_mask: expected 0/1 integers or bools, got {attention_mask.dtype}"
+        )
+    real = attention_mask.bool()
+    # Left padding: a row's real tokens end at the last column, so one cache position serves
+    # every row while decoding.
+    if not bool(real[:, -1].all()):
+        raise ValueError(
+            "attention_mask: expected left padding (every row's last column real); pad prompts "
+            "on the left (tokenizer.encode_batch(..., padding_side='left'))"
+        )
+    return attention_mask.long()
+
+
+# model class -> driver class; the first entry the model is an instance of wins.
+DRIVERS: list[tuple[type[nn.Module], type]] = [(GPT, DecoderOnly), (EncoderDecoder, Seq2Seq)]
+
+
+def driver_for(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None):
+    """The driver of ``model``'s family; TypeError for a model that does not generate."""
+    for cls, driver in DRIVERS:
+        if isinstance(model, cls):
+            return driver(model, input_ids, attention_mask)
+    names = ", ".join(cls.__name__ for cls, _ in DRIVERS)
+    raise TypeError(f"model: expected a generative model ({names}), got {type(model).__name__}")
+
+
+_COMPILED: dict[tuple[Callable, str | None], Callable] = {}
+_FAILED: set[tuple[Callable, str | None]] = set()
+
+
+def compiled(fn: Callable, mode: str | None) -> Callable:
+    """``fn`` under ``torch.compile`` (one compiled function per step kind and mode, reused by
+    every generation), or ``fn`` itself, with one warning, where compiling fails."""
+    key = (fn, mode)
+    if key in _FAILED:
+        return fn
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(fn, mode=mode, dynamic=False)
+    fast = _COMPILED[key]
+
+    def run(*args):
+        if key in _FAILED:
+            return fn(*args)
+        try:
+            return fast(*args)
+        except Exception as exc:  # a missing compiler, an unsupported operation, ...
+            _FAILED.add(key)
+            warnings.warn(
+                f"compile: torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                "decoding eagerly",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return fn(*args)
+
+    return run

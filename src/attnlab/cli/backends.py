@@ -1,4 +1,5 @@
-"""``attnlab backends``: the attention backends, what each supports, and what "auto" picks."""
+"""``attnlab backends``: the attention backends, what each supports, and what "auto" picks; the
+device's bf16 support and the precision "auto" picks on it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from attnlab.attention import backend_names, get_backend, masks
 from attnlab.attention.call import make_call
 from attnlab.attention.dispatch import priority
 from attnlab.cli.options import parse_device
+from attnlab.precision import bf16_capability, resolve_dtype
 
 
 def _yes(flag: bool) -> str:
@@ -78,3 +80,5 @@ def backends(device: str) -> None:
     )
     click.echo(f"\nauto tries, causal T=4096:          {' > '.join(priority(dense))}")
     click.echo(f"auto tries, sliding window 256/4096: {' > '.join(priority(sparse))}")
+    auto = "bf16" if resolve_dtype("auto", device) == torch.bfloat16 else "fp32"
+    click.echo(f"\nbf16: {bf16_capability(device)}; precision auto picks {auto}")

@@ -59,6 +59,9 @@ NAMED: dict[str, frozenset[str]] = {
 }
 TASKS = tuple(TASK_SETTINGS)
 
+# The values precision takes, and the short name each is stored as.
+PRECISIONS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
+
 # Names used for the same settings elsewhere (nanoGPT, transformers, other trainers), pointed
 # to in the error for an unknown setting; difflib's similarity alone misses most of them.
 ALIASES = {
@@ -148,7 +151,8 @@ class TrainConfig:
 
     # runtime
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
-    precision: str = "auto"  # "auto" (bf16 autocast on CUDA that supports it), "fp32", "bf16"
+    precision: str = "auto"  # "auto" (bf16 autocast where bf16 is fast: CUDA, AMX/AVX512-BF16
+    # CPUs; see `attnlab backends`), "fp32" or "bf16" (also "float32", "bfloat16")
     compile: bool = False  # torch.compile the model
     backend: str = "auto"  # attention backend
     threads: int = 0  # CPU threads for torch (0 = torch's default)
@@ -201,8 +205,14 @@ class TrainConfig:
                 f"lr, min_lr: expected 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, "
                 f"min_lr={self.min_lr}"
             )
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision: expected auto, fp32 or bf16, got {self.precision!r}")
+        # The names attnlab.precision.resolve_dtype reads, but no fp16: training in fp16 needs
+        # loss scaling, which the trainer does not do. Stored in the short form.
+        precision = PRECISIONS.get(str(self.precision).strip().lower())
+        if precision is None:
+            raise ValueError(
+                f"precision: expected auto, fp32, bf16, float32 or bfloat16, got {self.precision!r}"
+            )
+        self.precision = precision
         if self.time_budget is not None and self.time_budget <= 0:
             raise ValueError(f"time_budget: expected seconds > 0, got {self.time_budget}")
 

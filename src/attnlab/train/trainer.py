@@ -1,8 +1,9 @@
 """The training loop shared by every task.
 
 AdamW with decay on matrices only, linear warm-up then cosine decay, gradient clipping and
-accumulation, bf16 autocast on GPUs that are fast at it, optional ``torch.compile``; evaluation
-and an atomic checkpoint every ``eval_every`` steps (the last ``keep_last`` kept, plus the best).
+accumulation, bf16 autocast on GPUs and CPUs that are fast at it, optional ``torch.compile``;
+evaluation and an atomic checkpoint every ``eval_every`` steps (the last ``keep_last`` kept, plus
+the best).
 The loop itself is short; the parts live beside it: :class:`~attnlab.train.schedule.Schedule`
 (the learning rate), :class:`~attnlab.train.budget.Pace` and
 :class:`~attnlab.train.budget.Budget` (speed, time left, the schedule refitted to a time
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from attnlab.files import LOCK_NAME, atomic_write_text, lock_dir, writing
+from attnlab.precision import resolve_dtype
 from attnlab.train import checkpoint
 from attnlab.train.budget import Budget, Pace
 from attnlab.train.config import TrainConfig
@@ -85,11 +87,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_for(config: TrainConfig, device: torch.device):
-    """The autocast context of the run: bf16 on CUDA devices with fast bf16 (or when asked)."""
-    use_bf16 = config.precision == "bf16" or (
-        config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    if not use_bf16:
+    """The autocast context of the run: bf16 when asked, or for "auto" on a device that computes
+    bf16 faster than fp32 (:func:`attnlab.precision.fast_bf16`: CUDA GPUs that support it, CPUs
+    with AVX512-BF16 or AMX); none (fp32) otherwise. Weights and optimiser state stay fp32."""
+    if resolve_dtype(config.precision, device) != torch.bfloat16:
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 

@@ -19,6 +19,14 @@ the table.
 
 ``device="meta"`` builds the model without reading any weights or the tokenizer, for questions
 the configuration answers (parameters, FLOPs, cache sizes: ``attnlab info``).
+
+``quantize="int8" | "int4"`` gives the model weight-only quantized Linear layers
+(:mod:`attnlab.quantize`). A GGUF file's blocks go straight into quantized layers where they map
+exactly (:func:`attnlab.convert.load_gguf`), so the model is never whole in fp32; every other
+source is loaded, then quantized. A quantized model saved as a run (:func:`save_run`) records
+its layout in ``meta.json`` (``"quantization"``: layer name -> mode and group size), and loading
+the run builds those layers again before the weights (safetensors) fill them. A quantized model
+is not written as a Hugging Face checkpoint: that format holds floating-point weights.
 """
 
 from __future__ import annotations
@@ -84,11 +92,15 @@ class Loaded:
 @dataclass(frozen=True)
 class Source:
     """One kind of source: ``detect(path)`` says whether ``path`` is one, ``read(path, which,
-    weights)`` returns ``(model, tokenizer, checkpoint path, training settings)``."""
+    weights)`` returns ``(model, tokenizer, checkpoint path, training settings)``. A source that
+    ``quantizes`` itself takes ``quantize=`` and ``group_size=`` keywords in ``read`` too (a
+    GGUF file, whose blocks become quantized layers as they are read); the model of any other
+    is quantized once read."""
 
     kind: str
     detect: Callable[[Path], bool]
-    read: Callable[[Path, str, bool], tuple[nn.Module, TextTokenizer | None, Path, dict | None]]
+    read: Callable[..., tuple[nn.Module, TextTokenizer | None, Path, dict | None]]
+    quantizes: bool = False
 
 
 # -- attnlab runs and checkpoints -----------------------------------------------------------------
@@ -196,6 +208,8 @@ def _run_tokenizer(run_dir: Path) -> TextTokenizer | None:
 
 def _read_attnlab(path: Path, which: str, weights: bool):
     from attnlab.convert.hf import _header
+    from attnlab.convert.skeleton import materialize, skeleton
+    from attnlab.quantize import restore
     from attnlab.train import checkpoint
 
     ckpt = checkpoint.resolve(path, which)
@@ -204,9 +218,17 @@ def _read_attnlab(path: Path, which: str, weights: bool):
     if isinstance(meta.get("config"), dict):
         _check_layers(meta["config"], stored, ckpt / "meta.json")
     model = _build(meta, ckpt / "meta.json", weights)
+    layers = meta.get("quantization")  # written by save_run for a quantized model
+    where = f"{ckpt / 'meta.json'}: quantization"
+    if layers is not None:
+        restore(model, layers, where)
     if weights:
         _check_shapes(model, stored, ckpt / "model.safetensors")
-        model = type(model)(model.config)  # now allocated: the sizes agree with the weights
+        # now allocated: the sizes agree with the weights
+        if layers is None:
+            model = type(model)(model.config)
+        else:  # the quantized layers built empty, never the fp32 weights they replace
+            model = materialize(restore(skeleton(type(model), model.config), layers, where, "cpu"))
         checkpoint.load_weights(model, ckpt)
     run_dir = checkpoint.run_dir_of(ckpt)
     train = meta.get("train")
@@ -244,19 +266,25 @@ def _is_gguf(path: Path) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def _read_gguf(path: Path, which: str, weights: bool):
+def _read_gguf(
+    path: Path, which: str, weights: bool, *, quantize: str | None = None, group_size=None
+):
     from attnlab import tokenizers
-    from attnlab.convert.gguf import load_gguf
+    from attnlab.convert.gguf import load_gguf, release_freed_memory
 
     if not weights:
         return load_gguf(path, weights=False), None, path, None
-    return load_gguf(path), tokenizers.load(path), path, None
+    model = load_gguf(path, quantize=quantize, group_size=group_size)
+    tokenizer = tokenizers.load(path)
+    if quantize is not None:
+        release_freed_memory()  # the tokenizer's reader too: see the function
+    return model, tokenizer, path, None
 
 
 # Tried in this order: a checkpoint directory before a run (a run holds checkpoints), attnlab's
 # own config.json before a Hugging Face one.
 SOURCES: list[Source] = [
-    Source("gguf", _is_gguf, _read_gguf),
+    Source("gguf", _is_gguf, _read_gguf, quantizes=True),
     Source("checkpoint", _is_checkpoint, _read_attnlab),
     Source("run", _is_run, _read_attnlab),
     Source("hf", _is_hf, _read_hf),
@@ -286,6 +314,8 @@ def load(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     which: str = "best",
+    quantize: str | None = None,
+    group_size: int | None = None,
 ) -> Loaded:
     """The model and tokenizer stored at ``source`` (see the module docstring for the kinds).
 
@@ -296,25 +326,63 @@ def load(
         dtype: floating-point dtype of the weights (default: as stored, fp32 for quantized GGUF).
         which: for a run directory, its "best" checkpoint (the default; the latest when the run
             records no best) or its "latest".
+        quantize: ``"int8"`` or ``"int4"``: weight-only quantized Linear layers (see
+            :func:`attnlab.quantize.quantize`; a tied head stays floating point). A GGUF file's
+            blocks are used as they are where they map exactly (Q8_0 for int8, Q4_0/Q4_1 for
+            int4, group size 32) and ``group_size`` is None or 32; ``"gguf"`` (GGUF files only)
+            keeps each layer as the file stores it, fp32 where no exact layout exists (see
+            :func:`attnlab.convert.load_gguf`). Not applied with ``device="meta"``. A run
+            saved quantized is rebuilt quantized without this argument.
+        group_size: columns sharing a scale, with ``quantize`` only: int4 default 128 (an even
+            divisor of every layer's input width), int8 default None (one scale per output
+            channel).
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
         ValueError: it is not a source of any kind, or it is damaged; the message names the file
-            and what was expected.
+            and what was expected. A bad ``quantize`` or ``group_size``, naming them.
     """
+    from attnlab.convert.gguf import QUANTIZE
+    from attnlab.quantize.apply import check_quantize
+
     if which not in ("best", "latest"):
         raise ValueError(f"which: expected 'best' or 'latest', got {which!r}")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+    check_quantize(quantize, group_size, choices=QUANTIZE)
     path = Path(source)
     kind = source_kind(path)
-    reader = next(entry.read for entry in SOURCES if entry.kind == kind)
+    entry = next(entry for entry in SOURCES if entry.kind == kind)
+    if quantize == "gguf" and not entry.quantizes:
+        raise ValueError(
+            f"quantize: 'gguf' keeps the blocks of a .gguf file, but {path} is a {kind} source; "
+            "expected 'int8' or 'int4'"
+        )
     weights = device is None or torch.device(device).type != "meta"
-    model, tokenizer, where, train = reader(path, which, weights)
+    if entry.quantizes:
+        options = {"quantize": quantize, "group_size": group_size}
+        model, tokenizer, where, train = entry.read(path, which, weights, **options)
+    else:
+        model, tokenizer, where, train = entry.read(path, which, weights)
+        if quantize is not None and weights:
+            _quantize_loaded(model, quantize, group_size, path)
     check_pair(model, tokenizer, path)
     if weights and (device is not None or dtype is not None):
         model = model.to(device=device, dtype=dtype)
     return Loaded(model.eval(), tokenizer, kind, where, train)
+
+
+def _quantize_loaded(model: nn.Module, mode: str, group_size: int | None, path: Path) -> None:
+    from attnlab.quantize import layout, quantize
+
+    done = layout(model)
+    if done:
+        modes = sorted({entry["mode"] for entry in done.values()})
+        raise ValueError(
+            f"quantize: {path} is already quantized ({len(done)} {'/'.join(modes)} layers), "
+            f"got quantize={mode!r}; load it without quantize"
+        )
+    quantize(model, mode, group_size=group_size)
 
 
 def check_pair(model: nn.Module, tokenizer: TextTokenizer | None, source: Path) -> None:
@@ -350,15 +418,21 @@ def save_run(
     every command and :func:`load` read: ``config.json`` (the model family and config),
     ``tokenizer/`` and one checkpoint, ``checkpoints/step-0000000``. Returns the directory."""
     from attnlab.files import atomic_write_text
+    from attnlab.quantize import layout
     from attnlab.train import checkpoint
 
     directory = Path(directory)
     meta = {"source": source, "tokenizer": None}
+    layers = layout(checkpoint.unwrap(model))
+    if layers:  # read back by load() to build the quantized layers before the weights
+        meta["quantization"] = layers
     if tokenizer is not None:
         tokenizer.save(directory / "tokenizer")
         meta["tokenizer"] = "tokenizer"
     checkpoint.save(directory, 0, model, {}, meta)
     config = {"train": None, **checkpoint.model_meta(model), "source": source}
+    if layers:
+        config["quantization"] = layers
     atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
     return directory
 
@@ -368,9 +442,22 @@ def save_hf_with_tokenizer(
 ) -> Path:
     """Write ``model`` as a Hugging Face directory (:func:`attnlab.convert.save_hf`) with its
     tokenizer as ``tokenizer.json`` (a character vocabulary becomes an equivalent
-    ``tokenizers`` word-level model), which transformers' ``AutoTokenizer`` reads."""
-    from attnlab.convert import save_hf
+    ``tokenizers`` word-level model), which transformers' ``AutoTokenizer`` reads.
 
+    A quantized model is refused (ValueError): a Hugging Face checkpoint holds floating-point
+    weights, and writing the dequantized ones would silently give a file several times larger
+    that only looks like the original model.
+    """
+    from attnlab.convert import save_hf
+    from attnlab.quantize import layout
+
+    layers = layout(model)
+    if layers:
+        modes = "/".join(sorted({entry["mode"] for entry in layers.values()}))
+        raise ValueError(
+            f"to: expected a floating-point model for a Hugging Face checkpoint, got one with "
+            f"{len(layers)} {modes} quantized layers; write an attnlab run instead (to='run')"
+        )
     directory = Path(directory)
     save_hf(model, directory)
     if tokenizer is not None:
@@ -380,26 +467,44 @@ def save_hf_with_tokenizer(
 
 
 def convert(
-    source: str | os.PathLike, destination: str | os.PathLike, *, to: str | None = None
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    *,
+    to: str | None = None,
+    quantize: str | None = None,
+    group_size: int | None = None,
 ) -> tuple[Path, str]:
     """Read ``source`` (any kind :func:`load` reads) and write it to ``destination`` as an attnlab
     run (``to="run"``) or a Hugging Face directory (``to="hf"``); by default attnlab runs and
     checkpoints become Hugging Face directories and everything else becomes a run. Returns the
     destination and the format written.
 
+    ``quantize`` and ``group_size`` are :func:`load`'s: the model is written as a quantized run
+    (the default format then), which :func:`load` reads back quantized. A Hugging Face directory
+    cannot hold a quantized model, so ``to="hf"`` with ``quantize``, or a quantized run to
+    ``"hf"``, is a ValueError.
+
     The destination must not exist or be an empty directory. The output is written whole into a
     hidden temporary sibling and renamed into place once complete, under a lock beside it, so a
     killed or concurrent conversion never leaves a directory that looks complete; temporaries
     left by a killed conversion are removed by the next one.
     """
+    from attnlab.convert.gguf import QUANTIZE
     from attnlab.files import atomic_directory
+    from attnlab.quantize.apply import check_quantize
 
     if to is not None and to not in FORMATS:
         raise ValueError(f"to: expected one of {', '.join(FORMATS)}, got {to!r}")
+    check_quantize(quantize, group_size, choices=QUANTIZE)
+    if to == "hf" and quantize is not None:
+        raise ValueError(
+            f"quantize: a Hugging Face checkpoint holds floating-point weights, got "
+            f"quantize={quantize!r} with to='hf'; write an attnlab run instead (to='run')"
+        )
     kind = source_kind(source)
-    to = to or ("hf" if kind in ("run", "checkpoint") else "run")
+    to = to or ("hf" if kind in ("run", "checkpoint") and quantize is None else "run")
     with atomic_directory(destination, purpose="convert") as tmp:
-        model, tokenizer = load(source)
+        model, tokenizer = load(source, quantize=quantize, group_size=group_size)
         if to == "hf":
             save_hf_with_tokenizer(model, tokenizer, tmp)
         else:

@@ -92,6 +92,73 @@ def test_int4_matches_its_dequantized_weights(n, k, group, rows):
     assert (err <= step[..., None] / 2 + 1e-6).all()
 
 
+@pytest.mark.parametrize("n,k,group,rows", [(64, 96, 32, 1), (48, 256, 64, 20), (6, 9, 3, 2)])
+def test_groupwise_int8_matches_its_dequantized_weights(n, k, group, rows):
+    linear = _linear(n, k)
+    q = Int8Linear.from_linear(linear, group)
+    assert q.scales.shape == (n, k // group) and q.weight_int8.shape == (n, k)
+    x = torch.randn(rows, k)
+    _close(q(x), F.linear(x, q.dequantize(), linear.bias), 1e-5)
+    # each group's own scale: the error is at most half of that group's step
+    w = linear.weight.detach().reshape(n, k // group, group)
+    step = w.abs().amax(-1) / 127
+    err = (q.dequantize() - linear.weight).abs().reshape(n, k // group, group)
+    assert (err <= step[..., None] / 2 + 1e-7).all()
+    # finer than one scale per channel, whose step is the largest group's
+    per_channel = Int8Linear.from_linear(linear)
+    coarse = (per_channel.dequantize() - linear.weight).abs().mean()
+    assert (q.dequantize() - linear.weight).abs().mean() < coarse
+    assert "group_size=" + str(group) in repr(q) and "group_size" not in repr(per_channel)
+
+
+def test_groupwise_int8_never_calls_the_per_channel_kernel(monkeypatch):
+    """PyTorch's int8 kernel takes one scale per output channel: group-wise layers dequantize."""
+    called = []
+    monkeypatch.setattr(torch.ops.aten, "_weight_int8pack_mm", lambda *a: called.append(a))
+    q = Int8Linear.from_linear(_linear(32, 64), 32)
+    x = torch.randn(1, 64)
+    _close(q(x), F.linear(x, q.dequantize(), q.bias), 1e-5)
+    assert not called
+
+
+def test_from_quantized_keeps_codes_and_scales_and_checks_them():
+    codes = torch.randint(-127, 128, (8, 64), dtype=torch.int8)
+    scales = torch.rand(8, 2)
+    q = Int8Linear.from_quantized(codes, scales, group_size=32)
+    expected = codes.float().reshape(8, 2, 32) * scales[..., None]
+    assert torch.equal(q.dequantize(), expected.reshape(8, 64))
+    packed = torch.randint(0, 256, (8, 32), dtype=torch.uint8)
+    sz = torch.rand(2, 8, 2)
+    q4 = Int4Linear.from_quantized(packed, sz, group_size=32)
+    assert torch.equal(q4.weight_int4, packed) and (q4.in_features, q4.out_features) == (64, 8)
+    with pytest.raises(ValueError, match=r"scales: expected shape \(8, 2\) torch.float32"):
+        Int8Linear.from_quantized(codes, torch.rand(8), group_size=32)
+    with pytest.raises(ValueError, match=r"weight_int4: expected shape .* torch.uint8"):
+        Int4Linear.from_quantized(packed.to(torch.int8), sz, group_size=32)
+    with pytest.raises(ValueError, match="group_size: expected an even divisor of in_features=64"):
+        Int4Linear.from_quantized(packed, sz, group_size=48)
+
+
+@pytest.mark.parametrize("mode,options", [*MODES, ("int8", {"group_size": 16})])
+def test_layout_and_restore_rebuild_the_same_layers(mode, options):
+    from attnlab.quantize import layout, restore
+
+    quantized = quantize(_model("llama"), mode, **options, skip=("blocks.0.mlp.*",))
+    layers = layout(quantized)
+    assert len(layers) == 2 * 7 + 1 - 3 and "blocks.0.mlp.up" not in layers
+    assert layers["head"] == {"mode": mode, "group_size": options.get("group_size")}
+    fresh = restore(_model("llama"), layers)
+    assert layout(fresh) == layers
+    fresh.load_state_dict(quantized.state_dict())
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, quantized(ids).logits)
+    with pytest.raises(ValueError, match=r"meta.json: layer 'nope': expected an nn.Linear"):
+        restore(_model("llama"), {"nope": {"mode": "int8"}}, "meta.json")
+    with pytest.raises(ValueError, match=r"layer 'head': expected mode one of int8, int4"):
+        restore(_model("llama"), {"head": {"mode": "int2"}})
+
+
 def test_the_kernels_run_and_match_in_every_dtype(monkeypatch):
     """The PyTorch kernels themselves (not just the fallback) agree with the reference, and the
     kernel path is the one taken for a decode-sized fp32 input and for bf16."""
@@ -234,10 +301,12 @@ def test_group_size_must_evenly_divide_the_input_width(group):
 
 def test_group_size_error_names_the_layer_and_widths():
     model = nn.Sequential(nn.Linear(64, 8), nn.Linear(8, 8))
-    with pytest.raises(ValueError, match=r"in_features=8 of '1', got 32"):
+    with pytest.raises(ValueError, match=r"even divisor of in_features=8 of '1' for int4, got 32"):
         quantize(model, "int4", group_size=32)
-    with pytest.raises(ValueError, match="group_size: applies to mode='int4' only"):
+    with pytest.raises(ValueError, match=r"a divisor of in_features=8 of '1' for int8, got 32"):
         quantize(model, "int8", group_size=32)
+    with pytest.raises(ValueError, match=r"group_size: expected a positive int or None, got 0"):
+        quantize(model, "int8", group_size=0)
 
 
 def test_nothing_to_quantize_is_an_error():

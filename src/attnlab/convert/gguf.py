@@ -6,6 +6,14 @@ the weights, most of them quantized in blocks.
 ``convert/maps/`` (strictly: every tensor used, every parameter filled). The tokenizer in the same
 file is read by :func:`attnlab.tokenizers.load`.
 
+With ``quantize=`` the Linear layers stay quantized instead: tensors whose blocks have an exact
+counterpart among attnlab's quantized layers (Q8_0 -> group-wise ``Int8Linear``, Q4_0/Q4_1 ->
+``Int4Linear``, group size 32; see :mod:`attnlab.convert.gguf_blocks`) are copied block by
+block, and the rest are dequantized one tensor at a time (then kept fp32, or quantized), so the
+model is never whole in fp32. In the packaged SmolLM2-135M every Linear is Q4_1 (kept as int4);
+its token embedding is Q8_0 but tied to the output head, so it stays one fp32 matrix; its norms
+are F32.
+
 The ``gguf`` package's reader trusts the counts in the file: an array that claims 2**40 items
 makes it allocate until memory runs out, and a truncated file fails deep inside numpy. So every
 file is first walked by :func:`check_gguf`, which bounds every count and size in the header by
@@ -29,6 +37,7 @@ from torch import Tensor, nn
 from attnlab.convert.maps import gguf_llama
 from attnlab.convert.paths import regular_file
 from attnlab.convert.state import build_model, check_config_sizes
+from attnlab.quantize.apply import MODES, check_quantize
 
 ARCHITECTURES: dict[str, ModuleType] = {gguf_llama.ARCHITECTURE: gguf_llama}
 
@@ -311,15 +320,47 @@ def _tensors(reader: gguf.GGUFReader, path: Path) -> dict[str, Tensor]:
     return {t.name: dequantize(t, str(path)) for t in reader.tensors}
 
 
-def load_gguf(path: str | os.PathLike, *, weights: bool = True) -> nn.Module:
-    """The attnlab model stored in a llama.cpp GGUF file, in eval mode with fp32 weights.
+QUANTIZE = ("gguf", *MODES)  # load_gguf's quantize choices: the file's own blocks, or a mode
+
+
+def load_gguf(
+    path: str | os.PathLike,
+    *,
+    weights: bool = True,
+    quantize: str | None = None,
+    group_size: int | None = None,
+) -> nn.Module:
+    """The attnlab model stored in a llama.cpp GGUF file, in eval mode.
 
     Supported architectures: ``llama`` (as ``GPT`` in its Llama flavour: RMSNorm, SwiGLU, RoPE,
-    grouped-query attention). Weights of the types in ``SUPPORTED`` are dequantized to fp32, so
-    the model computes what the quantized file describes, up to fp32 rounding. With
-    ``weights=False`` the model is built on the meta device from the header alone (metadata and
-    tensor shapes): no tensor data is read.
+    grouped-query attention). With ``quantize=None`` every weight (of the types in
+    ``SUPPORTED``) is dequantized to fp32, so the model computes what the quantized file
+    describes, up to fp32 rounding. With ``weights=False`` the model is built on the meta device
+    from the header alone (metadata and tensor shapes): no tensor data is read.
+
+    Args:
+        quantize: keep the Linear layers weight-only quantized, filled tensor by tensor so the
+            model is never whole in fp32:
+
+            * ``"gguf"``: each layer as the file stores it, where attnlab has an exact layout
+              for its blocks (Q8_0 -> :class:`~attnlab.quantize.Int8Linear`, Q4_0 and Q4_1 ->
+              :class:`~attnlab.quantize.Int4Linear`, group size 32; see
+              :mod:`attnlab.convert.gguf_blocks`); layers of other types (F32, F16, BF16,
+              Q5_*, K-quants) stay fp32.
+            * ``"int8"`` / ``"int4"``: every Linear in that mode; the file's blocks are taken
+              as they are where they are of that mode (Q8_0 for int8, Q4_0/Q4_1 for int4) and
+              ``group_size`` is None or 32; every other layer is dequantized to fp32 and
+              quantized with ``group_size`` (default: per channel for int8, 128 for int4).
+
+            The token embedding, the norms and a head tied to the embedding stay fp32 (as
+            :func:`attnlab.quantize.quantize` leaves them).
+        group_size: with ``quantize="int8"`` or ``"int4"`` only (see above).
+
+    Raises:
+        ValueError: a bad ``quantize`` or ``group_size`` (naming them, before any tensor is
+            read), or anything wrong with the file (naming it).
     """
+    check_quantize(quantize, group_size, choices=QUANTIZE)
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: expected a .gguf file, got a directory")
@@ -351,6 +392,8 @@ def load_gguf(path: str | os.PathLike, *, weights: bool = True) -> nn.Module:
         reader = gguf.GGUFReader(path)  # the header was checked above
     except Exception as exc:
         raise ValueError(f"{path}: expected a GGUF file, could not read it ({exc})") from None
+    if quantize is not None:  # not through _read: its errors name their argument or the file
+        return _load_quantized(reader, path, family, config, quantize, group_size)
     tensors = _read(reader, path, lambda r: _tensors(r, path))
     del reader  # releases the memory map; every tensor has been copied out
     try:
@@ -358,3 +401,132 @@ def load_gguf(path: str | os.PathLike, *, weights: bool = True) -> nn.Module:
     except KeyError as exc:
         raise ValueError(f"{path}: missing tensor {exc.args[0]!r}") from None
     return build_model(family.MODEL, config, state, str(path))
+
+
+# -- straight into quantized layers ---------------------------------------------------------------
+
+
+def _placement(reader: gguf.GGUFReader, family: ModuleType, config, path: Path) -> dict:
+    """attnlab key -> (GGUF tensor, row order): where the family's key map puts each tensor.
+
+    The key map works on whole tensors (renaming them, and reordering the rows of the q/k
+    projections). Run on probes, int64 tensors holding (tensor index << 32 | row), it shows the
+    source and the row order of every key, so blocks can be moved by whole rows, which
+    block quantization (blocks lie within a row) allows, without dequantizing them.
+    """
+    tensors = list(reader.tensors)
+    probes = {}
+    for i, t in enumerate(tensors):
+        rows = int(t.shape[-1]) if len(t.shape) else 1  # ggml order: rows are the last dim
+        ids = torch.arange(rows, dtype=torch.int64) | (i << 32)
+        probes[t.name] = ids if len(t.shape) == 1 else ids[:, None]  # (rows,) or (rows, 1)
+    try:
+        placed = family.to_attnlab(probes, config)
+    except KeyError as exc:
+        raise ValueError(f"{path}: missing tensor {exc.args[0]!r}") from None
+    out = {}
+    for key, probe in placed.items():
+        flat = probe.reshape(-1)
+        source = tensors[int(flat[0]) >> 32]
+        rows = flat & 0xFFFFFFFF
+        if (
+            probe.dim() > 2
+            or (probe.dim() == 2 and probe.shape[1] != 1)
+            or (flat >> 32).ne(flat[0] >> 32).any()
+        ):
+            raise ValueError(
+                f"{path}: the {family.ARCHITECTURE} key map does more than reorder the rows of "
+                f"{source.name!r}; load it with quantize=None"
+            )
+        out[key] = (source, rows)
+    return out
+
+
+def _load_quantized(
+    reader: gguf.GGUFReader, path: Path, family, config, mode: str, group_size: int | None
+) -> nn.Module:
+    """The model with quantized Linear layers filled tensor by tensor (see :func:`load_gguf`)."""
+    from attnlab.convert import gguf_blocks
+    from attnlab.convert.skeleton import fill, skeleton
+    from attnlab.quantize.apply import DEFAULT_GROUP_SIZE, LAYERS, _shared_weights, replace
+    from attnlab.quantize.linear import check_group_size
+
+    placed = _placement(reader, family, config, path)
+    model = skeleton(family.MODEL, config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    unexpected = sorted(set(placed) - set(expected))
+    if unexpected:
+        raise ValueError(f"{path}: unexpected tensors {unexpected[:5]}")
+    missing = sorted(set(expected) - set(placed))
+    if missing:
+        raise ValueError(f"{path}: missing tensors for {missing[:5]}")
+    for key, (source, _) in placed.items():
+        shape = tuple(int(n) for n in reversed(source.shape))
+        if shape != expected[key]:
+            raise ValueError(
+                f"{path}: tensor for {key!r} has shape {shape}, expected {expected[key]}"
+            )
+
+    def floats(key: str) -> Tensor:
+        source, rows = placed[key]
+        w = dequantize(source, str(path))
+        return w if torch.equal(rows, torch.arange(len(rows))) else w[rows]
+
+    # Decide every layer from the header before reading any data, so that a group size that
+    # does not fit fails at once.
+    tied = _shared_weights(model)
+    plans = {}
+    for name, linear in model.named_modules():
+        if type(linear) is not nn.Linear or id(linear.weight) in tied:
+            continue
+        source, _ = placed[f"{name}.weight"]
+        exact = gguf_blocks.EXACT.get(source.tensor_type)
+        if mode == "gguf" or (exact == mode and group_size in (None, gguf_blocks.BLOCK)):
+            plans[name] = (linear, "blocks" if exact else None, None)
+            continue
+        size = DEFAULT_GROUP_SIZE[mode] if group_size is None else group_size
+        try:
+            check_group_size(size, linear.in_features, mode)
+        except ValueError:
+            raise ValueError(
+                f"group_size: expected a divisor of in_features={linear.in_features} of "
+                f"{name!r} for {mode}, got {size}"
+            ) from None
+        plans[name] = (linear, mode, size)
+    made = {}
+    for name, (linear, how, size) in plans.items():
+        if how is None:
+            continue  # stays fp32, filled below
+        bias = None if linear.bias is None else floats(f"{name}.bias")
+        if how == "blocks":
+            source, rows = placed[f"{name}.weight"]
+            raw = gguf_blocks.row_blocks(source.data, source.tensor_type, linear.in_features)
+            made[id(linear)] = gguf_blocks.to_layer(raw[rows], source.tensor_type, bias)
+        else:
+            made[id(linear)] = LAYERS[how](floats(f"{name}.weight"), bias, group_size=size)
+    replace(model, made)
+    model = fill(model, lambda key, p: floats(key)).eval()
+    release_freed_memory()
+    return model
+
+
+def release_freed_memory() -> None:
+    """Hand memory that has been freed back to the operating system (glibc's ``malloc_trim``;
+    nothing elsewhere).
+
+    Reading a file tensor by tensor frees many fp32 temporaries of a few megabytes, and the
+    reader's metadata makes ~10^5 small objects. glibc keeps freed blocks of that size in its
+    heap for reuse, so without this the process stays resident at several hundred megabytes
+    more than the model it holds (measured on SmolLM2: 727 MiB resident for a 210 MiB int8
+    model, 314 MiB after trimming), which defeats loading quantized to save memory.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to release this way
+        return
+    if trim is not None:
+        trim(0)

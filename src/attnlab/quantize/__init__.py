@@ -4,9 +4,11 @@
 ``nn.Linear`` layers for :class:`Int8Linear` / :class:`Int4Linear` in place. Activations stay in
 floating point; the matmul runs PyTorch's CPU weight-only kernels where they are faster here
 and a dequantize-then-matmul reference otherwise (see :mod:`attnlab.quantize.kernels`).
+:func:`layout` describes a quantized model (saved with a run) and :func:`restore` builds the
+same layers, empty, before a state dict is loaded into them.
 """
 
-from attnlab.quantize.apply import MODES, quantize
+from attnlab.quantize.apply import MODES, layout, quantize, restore
 from attnlab.quantize.linear import Int4Linear, Int8Linear
 
-__all__ = ["MODES", "Int4Linear", "Int8Linear", "quantize"]
+__all__ = ["MODES", "Int4Linear", "Int8Linear", "layout", "quantize", "restore"]

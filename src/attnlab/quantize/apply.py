@@ -11,11 +11,36 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
+import torch
 from torch import nn
 
-from attnlab.quantize.linear import Int4Linear, Int8Linear, _QuantizedLinear
+from attnlab.quantize.linear import Int4Linear, Int8Linear, _QuantizedLinear, check_group_size
 
 MODES = ("int8", "int4")
+LAYERS = {"int8": Int8Linear, "int4": Int4Linear}
+DEFAULT_GROUP_SIZE = {"int8": None, "int4": 128}  # int8: one scale per output channel
+
+
+def check_quantize(quantize, group_size, *, choices: tuple[str, ...] = MODES) -> None:
+    """ValueError naming ``quantize`` or ``group_size`` unless they are a valid pair of loading
+    options: ``quantize`` None or one of ``choices``; ``group_size`` None, or a positive int
+    (even for int4) with ``quantize`` "int8" or "int4". Whether it divides each layer's width
+    is checked where the layers are known."""
+    if quantize is not None and quantize not in choices:
+        raise ValueError(
+            f"quantize: expected one of {', '.join(map(repr, choices))} or None, got {quantize!r}"
+        )
+    if group_size is None:
+        return
+    if quantize not in ("int8", "int4"):
+        raise ValueError(
+            f"group_size: applies with quantize='int8' or 'int4' only, got group_size="
+            f"{group_size!r} with quantize={quantize!r}"
+        )
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size: expected a positive int or None, got {group_size!r}")
+    if quantize == "int4" and group_size % 2:
+        raise ValueError(f"group_size: expected an even int for int4, got {group_size}")
 
 
 def _shared_weights(model: nn.Module) -> set[int]:
@@ -56,10 +81,12 @@ def quantize(
         model: any module; its Linear layers (attention projections, MLPs, an untied output
             head) become :class:`Int8Linear` or :class:`Int4Linear`. A Linear sharing its
             weight with another module (a head tied to the embedding) is left as it is.
-        mode: ``"int8"`` (one symmetric scale per output channel) or ``"int4"`` (a scale and a
-            zero per group of ``group_size`` input columns).
-        group_size: int4 only, default 128; must be an even divisor of every quantized layer's
-            ``in_features`` (checked before anything changes).
+        mode: ``"int8"`` (symmetric scales, one per output channel unless ``group_size`` is
+            given) or ``"int4"`` (a scale and a zero per group of ``group_size`` input columns).
+        group_size: columns sharing a scale. int4: default 128, an even divisor of every
+            quantized layer's ``in_features``; int8: default None (per output channel), else a
+            divisor of every ``in_features`` (group-wise int8 has no PyTorch kernel: it
+            dequantizes then multiplies). Checked before anything changes.
         skip: ``fnmatch`` patterns of module names to leave in floating point, e.g.
             ``("head", "blocks.0.*")``.
 
@@ -70,12 +97,11 @@ def quantize(
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "int8" and group_size is not None:
-        raise ValueError(f"group_size: applies to mode='int4' only, got {group_size!r} for int8")
-    if mode == "int4":
-        group_size = 128 if group_size is None else group_size
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-            raise ValueError(f"group_size: expected an even int >= 2, got {group_size!r}")
+    group_size = DEFAULT_GROUP_SIZE[mode] if group_size is None else group_size
+    if group_size is not None and (
+        isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1
+    ):
+        raise ValueError(f"group_size: expected a positive int or None, got {group_size!r}")
     patterns = _check_skip(skip)
     if isinstance(model, nn.Linear):
         raise TypeError(
@@ -94,11 +120,14 @@ def quantize(
         found += 1
         if id(module.weight) in shared or any(fnmatchcase(name, p) for p in patterns):
             continue
-        if mode == "int4" and (group_size % 2 or module.in_features % group_size):
+        try:
+            check_group_size(group_size, module.in_features, mode)
+        except ValueError:
+            even = "an even divisor" if mode == "int4" else "a divisor"
             raise ValueError(
-                f"group_size: expected an even divisor of in_features={module.in_features} "
-                f"of {name!r}, got {group_size}"
-            )
+                f"group_size: expected {even} of in_features={module.in_features} "
+                f"of {name!r} for {mode}, got {group_size}"
+            ) from None
         targets[name] = module
     if not targets:
         if already:
@@ -109,12 +138,80 @@ def quantize(
             why = "it has no nn.Linear layers"
         raise ValueError(f"model: nothing to quantize, {why}")
 
-    if mode == "int8":
-        made = {id(m): Int8Linear.from_linear(m) for m in targets.values()}
-    else:
-        made = {id(m): Int4Linear.from_linear(m, group_size) for m in targets.values()}
+    layer = LAYERS[mode]
+    replace(model, {id(m): layer.from_linear(m, group_size) for m in targets.values()})
+    return model
+
+
+def replace(model: nn.Module, made: dict[int, nn.Module]) -> None:
+    """Put ``made[id(child)]`` in place of every child module of ``model`` whose id is a key,
+    under every name it has (a module shared by two parents is replaced in both)."""
     for parent in list(model.modules()):  # every parent once, so shared children too
         for child_name, child in list(parent._modules.items()):
             if child is not None and id(child) in made:
                 setattr(parent, child_name, made[id(child)])
+
+
+# -- describing a quantized model, and building its layers again ----------------------------------
+
+
+def layout(model: nn.Module) -> dict[str, dict]:
+    """How ``model`` is quantized: module name -> ``{"mode": "int8" | "int4", "group_size": G
+    or None}`` for every quantized layer; empty for a floating-point model. JSON-ready: saved
+    with a run so that :func:`restore` builds the same layers before the weights are loaded."""
+    return {
+        name: {"mode": m.mode, "group_size": m.group_size}
+        for name, m in model.named_modules()
+        if isinstance(m, _QuantizedLinear)
+    }
+
+
+def restore(model: nn.Module, layers: dict, source: str = "quantization", device=None) -> nn.Module:
+    """Swap the ``nn.Linear`` layers named in ``layers`` (as :func:`layout` gives) for empty
+    quantized layers of the recorded mode and group size, in place, on ``device`` (default: each
+    Linear's own, the ``meta`` device too), ready for ``load_state_dict``; returns ``model``.
+    Nothing is quantized: the codes and scales are zeros until the state dict fills them.
+    ValueError naming ``source`` for an entry that is not a Linear of the model or not a valid
+    mode and size, checked before anything changes."""
+    if not isinstance(layers, dict):
+        raise ValueError(f"{source}: expected an object of layer name -> mode, got {layers!r:.80}")
+    modules = dict(model.named_modules())
+    made = {}
+    for name, entry in layers.items():
+        linear = modules.get(name)
+        if type(linear) is not nn.Linear:
+            found = "nothing" if linear is None else type(linear).__name__
+            raise ValueError(f"{source}: layer {name!r}: expected an nn.Linear, found {found}")
+        mode = entry.get("mode") if isinstance(entry, dict) else None
+        if mode not in MODES:
+            raise ValueError(
+                f"{source}: layer {name!r}: expected mode one of {', '.join(MODES)}, got "
+                f"{entry!r:.80}"
+            )
+        group_size = entry.get("group_size")
+        try:
+            check_group_size(group_size, linear.in_features, mode)
+        except ValueError as exc:
+            raise ValueError(f"{source}: layer {name!r}: {exc}") from None
+        made[id(linear)] = _empty(linear, mode, group_size, device or linear.weight.device)
+    replace(model, made)
     return model
+
+
+def _empty(linear: nn.Linear, mode: str, group_size: int | None, device) -> nn.Module:
+    n, k = linear.out_features, linear.in_features
+    bias = None if linear.bias is None else torch.zeros(n, device=device)
+    if mode == "int8":
+        scales = (n,) if group_size is None else (n, k // group_size)
+        return Int8Linear.from_quantized(
+            torch.zeros(n, k, dtype=torch.int8, device=device),
+            torch.ones(scales, device=device),
+            bias,
+            group_size=group_size,
+        )
+    return Int4Linear.from_quantized(
+        torch.zeros(n, k // 2, dtype=torch.uint8, device=device),
+        torch.zeros(k // group_size, n, 2, device=device),
+        bias,
+        group_size=group_size,
+    )

@@ -22,6 +22,10 @@ Hence the rule below: the kernel for bf16/fp16 activations of any length and for
 activations of at most ``FP32_KERNEL_MAX_ROWS`` rows; the fallback otherwise, off the CPU, when
 the operator is missing from this PyTorch build, and when a gradient must flow to the input.
 On this machine kind quantization saves memory (4x or 8x smaller weights) rather than time.
+
+Group-wise int8 (``Int8Linear(group_size=G)``, the layout of GGUF's Q8_0) has no PyTorch kernel:
+``_weight_int8pack_mm`` takes one scale per output channel, and running it once per group of
+columns would multiply the calls by K / G. Such layers always dequantize then multiply.
 """
 
 from __future__ import annotations

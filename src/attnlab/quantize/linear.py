@@ -1,16 +1,21 @@
-"""Weight-only quantized replacements for ``nn.Linear``: int8 per output channel, int4 per group.
+"""Weight-only quantized replacements for ``nn.Linear``: int8 per output channel or per group,
+int4 per group.
 
 Both keep ``in_features``, ``out_features`` and the floating-point ``bias``; activations stay in
 floating point. ``weight`` is a read-only property giving the dequantized matrix (N, K), so code
 that asks a layer for its weight's dtype or device keeps working; ``dequantize`` is the same
 reference that every fast path is tested against.
 
-State dict: int8 stores ``weight_int8`` (N, K) int8 and ``scales`` (N,) fp32; int4 stores
+State dict: int8 stores ``weight_int8`` (N, K) int8 and ``scales`` (N,) fp32 per output channel,
+or (N, K / G) fp32 with ``group_size`` G (the layout of GGUF's Q8_0 blocks); int4 stores
 ``weight_int4`` (N, K / 2) uint8, two codes 0..15 a byte (even column in the low nibble), and
 ``scales_and_zeros`` (K / G, N, 2) fp32, the layout of PyTorch's int4 kernels. The kernel's
 packed layout is rebuilt from the codes after loading or moving. A state dict loads into a
 model quantized the same way, and fails (missing ``weight`` keys) in a floating-point one
 instead of loading as garbage.
+
+``from_quantized`` builds a layer from codes and scales already computed (a GGUF file's blocks,
+or empty tensors that a state dict then fills) without quantizing anything.
 
 Shapes: N output features, K input features, G group size, M rows of the activation.
 """
@@ -22,6 +27,31 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.quantize import kernels
+
+
+def check_group_size(group_size: int | None, in_features: int, mode: str) -> None:
+    """ValueError naming ``group_size`` unless it suits a layer of ``in_features`` columns:
+    int4 needs an even divisor (two codes a byte); int8 a divisor, or None for per channel."""
+    if mode == "int8" and group_size is None:
+        return
+    even = mode == "int4"
+    if (
+        isinstance(group_size, bool)
+        or not isinstance(group_size, int)
+        or group_size < 1
+        or (even and group_size % 2)
+        or in_features % group_size
+    ):
+        what = "an even divisor" if even else "a divisor"
+        raise ValueError(
+            f"group_size: expected {what} of in_features={in_features} for {mode}, "
+            f"got {group_size!r}"
+        )
+
+
+def _check_tensor(name: str, t: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    if tuple(t.shape) != shape or t.dtype != dtype:
+        raise ValueError(f"{name}: expected shape {shape} {dtype}, got {tuple(t.shape)} {t.dtype}")
 
 
 class _QuantizedLinear(nn.Module):
@@ -62,33 +92,77 @@ class _QuantizedLinear(nn.Module):
 
 
 class Int8Linear(_QuantizedLinear):
-    """int8 weights with one symmetric scale per output channel: W ≈ q * s, q in [-127, 127]."""
+    """int8 weights with symmetric scales: W ≈ q * s, q in [-127, 127].
+
+    One scale per output channel by default; with ``group_size`` G, one per group of G input
+    columns of each output channel (the layout of GGUF's Q8_0, G = 32). PyTorch's int8 kernel
+    takes per-channel scales only, so a group-wise layer always dequantizes then multiplies
+    (see :mod:`attnlab.quantize.kernels`).
+    """
 
     mode = "int8"
     OP = "_weight_int8pack_mm"
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+    def __init__(
+        self, weight: Tensor, bias: Tensor | None = None, *, group_size: int | None = None
+    ) -> None:
         n, k = weight.shape
+        check_group_size(group_size, k, "int8")
         super().__init__(k, n, bias)
+        self.group_size = group_size
         w = weight.detach().float()
-        scales = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)  # (N,)
-        q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
-        self.register_buffer("weight_int8", q.contiguous())
+        if group_size is not None:
+            w = w.reshape(n, k // group_size, group_size)  # (N, K/G, G)
+        tiny = torch.finfo(torch.float32).tiny
+        scales = (w.abs().amax(dim=-1) / 127).clamp(min=tiny)  # (N,) or (N, K/G)
+        q = (w / scales[..., None]).round().clamp(-127, 127).to(torch.int8)
+        self.register_buffer("weight_int8", q.reshape(n, k).contiguous())
         self.register_buffer("scales", scales)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        return cls(linear.weight, linear.bias)
+    def from_linear(cls, linear: nn.Linear, group_size: int | None = None) -> Int8Linear:
+        return cls(linear.weight, linear.bias, group_size=group_size)
+
+    @classmethod
+    def from_quantized(
+        cls,
+        weight_int8: Tensor,
+        scales: Tensor,
+        bias: Tensor | None = None,
+        *,
+        group_size: int | None = None,
+    ) -> Int8Linear:
+        """A layer holding ``weight_int8`` (N, K) int8 and ``scales`` ((N,) fp32, or (N, K / G)
+        with ``group_size`` G) as they are: W = q * s."""
+        n, k = weight_int8.shape
+        check_group_size(group_size, k, "int8")
+        want = (n,) if group_size is None else (n, k // group_size)
+        _check_tensor("weight_int8", weight_int8, (n, k), torch.int8)
+        _check_tensor("scales", scales, want, torch.float32)
+        layer = cls.__new__(cls)
+        _QuantizedLinear.__init__(layer, k, n, bias)
+        layer.group_size = group_size
+        layer.register_buffer("weight_int8", weight_int8)
+        layer.register_buffer("scales", scales)
+        return layer
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        return (self.weight_int8.float() * self.scales[:, None]).to(dtype)  # (N, K)
+        n, k, g = self.out_features, self.in_features, self.group_size
+        if g is None:
+            return (self.weight_int8.float() * self.scales[:, None]).to(dtype)  # (N, K)
+        q = self.weight_int8.reshape(n, k // g, g).float()  # (N, K/G, G)
+        return (q * self.scales[..., None]).reshape(n, k).to(dtype)
 
     def _matmul(self, x2d: Tensor) -> Tensor:
-        if kernels.use_kernel(x2d, self.OP):
+        if self.group_size is None and kernels.use_kernel(x2d, self.OP):
             return torch.ops.aten._weight_int8pack_mm(
                 x2d.contiguous(), self.weight_int8, self.scales.to(x2d.dtype)
             )
         return F.linear(x2d, self.dequantize(x2d.dtype))
+
+    def extra_repr(self) -> str:
+        group = "" if self.group_size is None else f", group_size={self.group_size}"
+        return super().extra_repr() + group
 
 
 class Int4Linear(_QuantizedLinear):
@@ -103,10 +177,7 @@ class Int4Linear(_QuantizedLinear):
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, *, group_size: int = 128):
         n, k = weight.shape
-        if group_size % 2 or k % group_size:
-            raise ValueError(
-                f"group_size: expected an even divisor of in_features={k}, got {group_size}"
-            )
+        check_group_size(group_size, k, "int4")
         super().__init__(k, n, bias)
         self.group_size = group_size
         w = weight.detach().float().reshape(n, k // group_size, group_size)  # (N, K/G, G)
@@ -123,6 +194,30 @@ class Int4Linear(_QuantizedLinear):
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> Int4Linear:
         return cls(linear.weight, linear.bias, group_size=group_size)
+
+    @classmethod
+    def from_quantized(
+        cls,
+        weight_int4: Tensor,
+        scales_and_zeros: Tensor,
+        bias: Tensor | None = None,
+        *,
+        group_size: int,
+    ) -> Int4Linear:
+        """A layer holding ``weight_int4`` (N, K / 2) uint8 (even column in the low nibble) and
+        ``scales_and_zeros`` (K / G, N, 2) fp32 as they are: W = (q - 8) * scale + zero."""
+        n, k = weight_int4.shape[0], 2 * weight_int4.shape[1]
+        check_group_size(group_size, k, "int4")
+        _check_tensor("weight_int4", weight_int4, (n, k // 2), torch.uint8)
+        want = (k // group_size, n, 2)
+        _check_tensor("scales_and_zeros", scales_and_zeros, want, torch.float32)
+        layer = cls.__new__(cls)
+        _QuantizedLinear.__init__(layer, k, n, bias)
+        layer.group_size = group_size
+        layer.register_buffer("weight_int4", weight_int4)
+        layer.register_buffer("scales_and_zeros", scales_and_zeros)
+        layer._packed = None
+        return layer
 
     def codes(self) -> Tensor:
         """The int4 codes (N, K) as uint8 in 0..15."""

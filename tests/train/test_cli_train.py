@@ -189,7 +189,7 @@ def test_translate_smoke(tmp_path):
         tmp_path, "translate", f"dataset={tsv}", "vocab_size=300", "val_fraction=0.1",
         "block_size=8", "model.n_layer=1", "model.dim=32", "model.n_head=2", "model.hidden=64",
     )  # fmt: skip
-    assert "bleu" in result.output
+    assert "bleu" in result.output and "bleu_greedy" in result.output
 
 
 def test_vit_digits_smoke(tmp_path):

@@ -40,6 +40,7 @@ def _register() -> None:
     from attnlab.cli import (
         backends,
         bench,
+        chat,
         convert,
         evaluate,
         heads,
@@ -56,6 +57,7 @@ def _register() -> None:
     cli.add_command(info.info)
     cli.add_command(train.train)
     cli.add_command(sample.sample)
+    cli.add_command(chat.chat)
     cli.add_command(evaluate.evaluate)
     cli.add_command(convert.convert)
     cli.add_command(predict.predict)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from attnlab.attention.caches import Caches
 from attnlab.generate.drivers import driver_for
 from attnlab.generate.sampling import Sampling, choose
 from attnlab.stops import StopStrings
@@ -110,6 +111,8 @@ def stream(
     window: int | None = None,
     compile: bool = False,
     compile_mode: str | None = None,
+    caches: Caches | None = None,
+    reuse: int = 0,
 ) -> Iterator[Tensor]:
     """Yield each step's new tokens (B, 1) as soon as they are chosen.
 
@@ -129,6 +132,9 @@ def stream(
         cache_dtype: the KV cache's own dtype (default the weights').
         compile, compile_mode: compile the decode step with ``torch.compile`` (mode e.g.
             "reduce-overhead" for CUDA graphs).
+        caches, reuse: static caches to decode into (from ``model.make_caches(...,
+            kind="static")``) whose first ``reuse`` positions already hold the first ``reuse``
+            tokens of ``input_ids``: only the rest is encoded (a conversation's earlier turns).
 
     A decoder-only model may generate past its context: when the cache is full, the oldest
     half of the window drops out of view and the rest is encoded again, so the cost per token
@@ -160,11 +166,15 @@ def stream(
     rows = Rows(b, ids.device, eos, stop, tokenizer)
     if max_new_tokens == 0:
         return
-    size = min(driver.context, t + max_new_tokens)
-    weight = next(model.parameters())
-    caches = driver.make_caches(
-        b, size, kind=cache, window=window, dtype=cache_dtype or weight.dtype, device=ids.device
-    )
+    if caches is None:
+        size = min(driver.context, t + max_new_tokens)
+        weight = next(model.parameters())
+        caches = driver.make_caches(
+            b, size, kind=cache, window=window, dtype=cache_dtype or weight.dtype, device=ids.device
+        )
+        reuse = 0
+    else:
+        size = _check_reuse(caches, reuse, b, t, driver)
     if cache == "dynamic" and compile:
         raise ValueError("compile: a dynamic cache changes shape every step; use cache='static'")
     step = driver.compiled_step(compile_mode) if compile else driver.step
@@ -173,7 +183,12 @@ def stream(
         seen = torch.zeros(b, driver.vocab, dtype=torch.bool, device=ids.device)
         seen.scatter_(1, ids, mask.bool())  # the prompt's real tokens
 
-    logits, positions = driver.prefill(ids, mask, caches)
+    if reuse:
+        caches.truncate(reuse)  # what follows the shared prefix is forgotten
+        logits, positions = driver.prefill(ids[:, reuse:], mask, caches)
+    else:
+        caches.reset()
+        logits, positions = driver.prefill(ids, mask, caches)
     filled = t  # cache columns written (the same in every row: left padding)
     keep = max(1, driver.context // 2)
     for i in range(max_new_tokens):
@@ -200,6 +215,25 @@ def stream(
             caches.reset()
             logits, positions = driver.prefill(ids, mask, caches)
             filled = ids.shape[1]
+
+
+def _check_reuse(caches: Caches, reuse: int, b: int, t: int, driver) -> int:
+    """The size of caches passed to :func:`stream`, checked against its other arguments."""
+    if not isinstance(caches, Caches) or caches.kind != "static":
+        raise TypeError(f"caches: expected static Caches from make_caches, got {caches!r:.80}")
+    if caches.batch != b:
+        raise ValueError(f"caches: expected a batch of {b} rows, got {caches.batch}")
+    if driver.seq2seq:
+        raise ValueError("caches: reusing caches is for decoder-only models")
+    check_count(reuse, "reuse")
+    if reuse >= t:
+        raise ValueError(f"reuse: expected fewer than the prompt's {t} tokens, got {reuse}")
+    if t >= caches.max_len:
+        raise ValueError(
+            f"input_ids: {t} tokens do not fit caches of {caches.max_len} positions with room "
+            "for a new token"
+        )
+    return caches.max_len
 
 
 def generate(

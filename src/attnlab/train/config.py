@@ -44,7 +44,9 @@ TASK_SETTINGS: dict[str, frozenset[str]] = {
         {"dataset", "tokenizer", "init_from", "block_size", "eval_batches", "encoding"}
         | {"text_column", "label_column"}
     ),
-    "translate": frozenset({"dataset", "tokenizer", "vocab_size", "block_size", "eval_batches"}),
+    "translate": frozenset(
+        {"dataset", "tokenizer", "vocab_size", "block_size", "eval_batches", "num_beams"}
+    ),
     "vit": frozenset(),  # digits at their own size; always scored on the whole test split
 }
 TASK_SPECIFIC = frozenset().union(*TASK_SETTINGS.values())
@@ -134,6 +136,7 @@ class TrainConfig:
     vocab_size: int = 4096  # BPE vocabulary trained for tokenizer="bpe"
     val_fraction: float = 0.1  # share of the corpus held out (lm), or of examples (others)
     cache_dir: str = ".cache/attnlab"  # tokenised corpora, keyed by corpus and tokenizer
+    num_beams: int = 4  # translate: beams of the BLEU evaluation (greedy BLEU is reported too)
 
     # optimisation
     batch_size: int = 12  # sequences per optimiser step (per micro-batch with grad_accum)
@@ -182,6 +185,7 @@ class TrainConfig:
             "grad_accum",
             "max_steps",
             "eval_every",
+            "num_beams",
             "log_every",
         ):
             value = getattr(self, name)

@@ -618,20 +618,40 @@ class TranslateTask(Task):
         n = len(self.test_set)
         if c.eval_batches:
             n = min(n, c.eval_batches * c.batch_size)
-        loss_sum, hypotheses, references = 0.0, [], []
+        from attnlab.generate import generate
+
+        # BLEU of beam search (num_beams) and, beside it, of greedy decoding.
+        hypotheses: dict[int, list[str]] = {b: [] for b in dict.fromkeys((c.num_beams, 1))}
+        loss_sum, references = 0.0, []
         for start in range(0, n, c.batch_size):
             pairs = [self.test_set[i] for i in range(start, min(n, start + c.batch_size))]
             batch = self._encode([p[0] for p in pairs], [p[1] for p in pairs])
             batch = {k: v.to(device) for k, v in batch.items()}
             loss_sum += model(**batch).loss.item() * len(pairs)
-            out = model.generate(batch["input_ids"], batch["attention_mask"], c.block_size)
-            for row in out.tolist():
-                row = row[: row.index(self.eos_id)] if self.eos_id in row else row
-                hypotheses.append(self.tokenizer.decode(row))
+            for beams, texts in hypotheses.items():
+                out = generate(
+                    model,
+                    batch["input_ids"],
+                    min(c.block_size, model.config.max_len - 1),
+                    attention_mask=batch["attention_mask"],
+                    num_beams=beams,
+                    eos_id=self.eos_id,
+                    **({} if beams > 1 else {"temperature": 0}),
+                )
+                for row in out[:, 1:].tolist():  # after bos
+                    row = row[: row.index(self.eos_id)] if self.eos_id in row else row
+                    texts.append(self.tokenizer.decode(row))
             references.extend(p[1] for p in pairs)
-        bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
-        self.examples = list(zip(hypotheses[:3], references[:3], strict=True))
-        return {"val_loss": loss_sum / n, "bleu": bleu}
+        scores = {
+            beams: sacrebleu.corpus_bleu(texts, [references]).score
+            for beams, texts in hypotheses.items()
+        }
+        best = hypotheses[c.num_beams]
+        self.examples = list(zip(best[:3], references[:3], strict=True))
+        metrics = {"val_loss": loss_sum / n, "bleu": scores[c.num_beams]}
+        if c.num_beams > 1:
+            metrics["bleu_greedy"] = scores[1]
+        return metrics
 
     def state(self):
         return {"sampler": self.sampler.state()}

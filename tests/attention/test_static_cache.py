@@ -431,3 +431,27 @@ def test_value_checks_can_be_switched_off():
     with pytest.raises((IndexError, RuntimeError)) as caught:
         cache.update(_K, _K, torch.arange(6, 9))
     assert not isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize("cls", ["static", "ring"])
+def test_int8_cache_stays_close_to_float_and_reorders(cls):
+    from attnlab.attention.static_cache import RingKVCache, StaticKVCache
+
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(2, 3, 6, 8, generator=g)
+    v = torch.randn(2, 3, 6, 8, generator=g)
+    make = StaticKVCache if cls == "static" else RingKVCache
+    exact, int8 = make(2, 3, 8, 8), make(2, 3, 8, 8, dtype=torch.int8)
+    assert int8.k.dtype == torch.int8
+    for s in range(6):
+        pos = torch.tensor([s])
+        want = exact.attention_inputs(k[:, :, s : s + 1], v[:, :, s : s + 1], pos)
+        got = int8.attention_inputs(k[:, :, s : s + 1], v[:, :, s : s + 1], pos)
+    assert got.k.dtype == torch.float32
+    assert torch.equal(got.mask.dense(2, 1, 8), want.mask.dense(2, 1, 8))
+    # absmax / 127 per vector: every entry within half a step of its vector's scale
+    bound = k.abs().amax(-1, keepdim=True).max() / 127 / 2 + 1e-6
+    assert (got.k - want.k).abs().max() <= bound
+    int8.reorder(torch.tensor([1, 0]))
+    exact.reorder(torch.tensor([1, 0]))
+    assert (int8.keys_values()[1] - exact.keys_values()[1]).abs().max() <= 0.05

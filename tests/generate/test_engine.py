@@ -278,3 +278,15 @@ def test_a_model_that_does_not_generate_is_refused():
     bert = BERT(BertConfig(vocab_size=30, n_layer=1, n_head=2, dim=16, hidden=32, max_len=8))
     with pytest.raises(TypeError, match="model: expected a generative model"):
         generate(bert, torch.tensor([[1]]), 2)
+
+
+def test_int8_kv_cache_keeps_the_greedy_tokens():
+    """An int8 cache (absmax per vector) changes logits by rounding only: on this model the
+    first 24 greedy tokens are the fp32 cache's."""
+    model = _gpt("rope")
+    ids, mask = left_padded([[5, 9, 13, 7], [8, 3]])
+    want = generate(model, ids, 24, attention_mask=mask, temperature=0)
+    got = generate(model, ids, 24, attention_mask=mask, temperature=0, cache_dtype=torch.int8)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="dtype: an int8 cache"):
+        generate(model, ids, 4, cache="dynamic", cache_dtype=torch.int8)

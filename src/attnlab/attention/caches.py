@@ -53,6 +53,8 @@ def _dynamic(batch: int, kv_heads: int, max_len: int, head_dim: int, *, window, 
     if window is not None:
         raise ValueError("window: a dynamic cache keeps every position; use kind='ring'")
     kw.pop("check_values", None)
+    if kw.get("dtype") == torch.int8:
+        raise ValueError("dtype: an int8 cache needs kind='static' or 'ring'")
     return KVCache(batch, kv_heads, max_len, head_dim, **kw)
 
 

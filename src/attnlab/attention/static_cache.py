@@ -106,10 +106,23 @@ class _SlotCache(nn.Module):
             ("v_head_dim", v_head_dim),
         ):
             _check_count(value, name)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+        if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype == INT8):
+            raise TypeError(
+                f"dtype: expected a floating-point torch.dtype or torch.int8, got {dtype!r}"
+            )
         self.check_values = check_values
         shape = (batch, kv_heads, slots)
+        # int8: each key and value vector is stored as int8 codes and one fp32 scale (absmax
+        # / 127), and dequantized when read, in the dtype it was written in.
+        self.quantized = dtype == INT8
+        self.out_dtype = torch.float32
+        if self.quantized:
+            for name in ("k_scale", "v_scale"):
+                self.register_buffer(
+                    name,
+                    torch.ones(*shape, 1, dtype=torch.float32, device=device),
+                    persistent=False,
+                )
         # Non-persistent: a cache is scratch space, never part of a checkpoint.
         self.register_buffer(
             "k", torch.zeros(*shape, head_dim, dtype=dtype, device=device), persistent=False
@@ -172,16 +185,21 @@ class _SlotCache(nn.Module):
     def _write(self, k: Tensor, v: Tensor, slots: Tensor, stored: Tensor, ends: Tensor) -> None:
         """Write k (B, Hkv, T, D), v at ``slots`` (1 or B, T); record ``stored`` (B, T) as the
         slots' positions and raise ``lengths`` to ``ends`` (B,)."""
-        k, v = k.to(self.k.dtype), v.to(self.v.dtype)  # the cache keeps its own dtype
+        pairs = [(self.k, k), (self.v, v)]
+        if self.quantized:
+            self.out_dtype = k.dtype
+            (k, k_scale), (v, v_scale) = _quantize(k), _quantize(v)
+            pairs = [(self.k, k), (self.v, v), (self.k_scale, k_scale), (self.v_scale, v_scale)]
         if slots.shape[0] == 1:  # the same slots in every row: one indexed copy
             index = slots[0]
-            self.k.index_copy_(2, index, k)
-            self.v.index_copy_(2, index, v)
+            for buf, new in pairs:
+                buf.index_copy_(2, index, new.to(buf.dtype))  # the cache keeps its own dtype
             self.slot_positions.index_copy_(1, index, stored)
         else:  # per-row slots
             b, h, t = k.shape[:3]
-            self.k.scatter_(2, slots[:, None, :, None].expand(b, h, t, k.shape[3]), k)
-            self.v.scatter_(2, slots[:, None, :, None].expand(b, h, t, v.shape[3]), v)
+            for buf, new in pairs:
+                index = slots[:, None, :, None].expand(b, h, t, new.shape[3])
+                buf.scatter_(2, index, new.to(buf.dtype))
             self.slot_positions.scatter_(1, slots, stored)
         self.lengths.copy_(torch.maximum(self.lengths, ends))
 
@@ -211,7 +229,8 @@ class _SlotCache(nn.Module):
                 f"indices: expected values in [0, {self.batch}), got {indices.tolist()}"
             )
         # index_select makes new rows; copying them back keeps the buffers (and their addresses).
-        for buf in (self.k, self.v, self.slot_positions, self.lengths):
+        scales = (self.k_scale, self.v_scale) if self.quantized else ()
+        for buf in (self.k, self.v, *scales, self.slot_positions, self.lengths):
             buf.copy_(buf.index_select(0, indices))
 
     @torch.no_grad()
@@ -227,6 +246,15 @@ class _SlotCache(nn.Module):
         _check_count(t, "t")
         return self.lengths[:, None] + torch.arange(t, device=self.lengths.device)
 
+    def keys_values(self) -> tuple[Tensor, Tensor]:
+        """The whole buffers (B, Hkv, S, D), (B, Hkv, S, Dv); an int8 cache dequantizes them."""
+        if not self.quantized:
+            return self.k, self.v
+        return (
+            (self.k * self.k_scale).to(self.out_dtype),
+            (self.v * self.v_scale).to(self.out_dtype),
+        )
+
     def extra_repr(self) -> str:
         b, h, s, d = self.k.shape
         return f"batch={b}, kv_heads={h}, slots={s}, head_dim={d}, dtype={self.k.dtype}"
@@ -239,7 +267,9 @@ class StaticKVCache(_SlotCache):
         batch, kv_heads, max_len, head_dim: buffer sizes B, Hkv, L, D.
         v_head_dim: value head dim Dv; default D.
         dtype: the cache's own dtype: inputs are cast on write (a bf16 cache for an fp32 model
-            halves its memory; values are rounded to bf16).
+            halves its memory; values are rounded to bf16). ``torch.int8`` stores each key and
+            value vector as int8 codes with one fp32 scale (absmax / 127; about a quarter of
+            fp32's memory) and dequantizes on read, to the dtype written.
         device: where the buffers live.
         check_values: check position values in eager mode (never under ``torch.compile``).
 
@@ -300,7 +330,7 @@ class StaticKVCache(_SlotCache):
             )
         stored, ends = self._stored(pos, valid)
         self._write(k, v, pos, stored, ends)
-        return self.k, self.v
+        return self.keys_values()
 
     def mask(self, query_positions: Tensor, *, window: int | None = None) -> Mask:
         """Mask (B, 1, T, L) for queries at ``query_positions`` ((T,) or (B, T)) over the
@@ -413,10 +443,13 @@ class RingKVCache(_SlotCache):
         w = self.window
         if t <= 1:
             self._write(k, v, pos % w, stored, ends)
-            return self.k, self.v, self.slot_positions
+            return (*self.keys_values(), self.slot_positions)
         # Every key a query of this call can see is either cached already or in this call.
-        view_k = torch.cat([self.k, k.to(self.k.dtype)], dim=2)  # (B, Hkv, W + T, D)
-        view_v = torch.cat([self.v, v.to(self.v.dtype)], dim=2)  # (B, Hkv, W + T, Dv)
+        cached_k, cached_v = self.keys_values()
+        if not self.quantized:
+            k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        view_k = torch.cat([cached_k.to(k.dtype), k], dim=2)  # (B, Hkv, W + T, D)
+        view_v = torch.cat([cached_v.to(v.dtype), v], dim=2)  # (B, Hkv, W + T, Dv)
         view_pos = torch.cat([self.slot_positions, stored], dim=1)  # (B, W + T)
         m = min(t, w)  # the tokens still inside the window after this call
         self._write(
@@ -438,6 +471,15 @@ class RingKVCache(_SlotCache):
         positions = positions.clone() if isinstance(positions, Tensor) else positions
         k_all, v_all, key_positions = self.update(k, v, positions, valid=valid)
         return CacheView(k_all, v_all, self.mask(positions, key_positions), key_positions)
+
+
+INT8 = torch.int8
+
+
+def _quantize(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x (..., D) as int8 codes (..., D) and fp32 scales (..., 1), absmax per vector."""
+    scale = x.float().abs().amax(-1, keepdim=True).clamp(min=1e-12) / 127.0
+    return (x.float() / scale).round().clamp(-127, 127).to(INT8), scale
 
 
 def _check_count(value: object, name: str) -> None:

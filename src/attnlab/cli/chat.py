@@ -7,7 +7,12 @@ import sys
 
 import click
 
-from attnlab.cli.sample import generation_options, load_for_generation, sampling_kwargs
+from attnlab.cli.sample import (
+    KV_DTYPES,
+    generation_options,
+    load_for_generation,
+    sampling_kwargs,
+)
 
 COMMANDS = "/reset forgets the conversation, /exit (or end of input) leaves"
 
@@ -31,6 +36,7 @@ def chat(
     quantize,
     group_size,
     compile_step,
+    kv_cache,
 ) -> None:
     """Chat with the model at SOURCE (run dir, checkpoint, HF dir or GGUF with a chat template).
 
@@ -47,6 +53,7 @@ def chat(
         system=system,
         max_new_tokens=min(max_new_tokens, model.config.max_len - 1),
         compile=compile_step,
+        cache_dtype=KV_DTYPES.get(kv_cache),
         **sampling_kwargs(temperature, top_k, top_p, min_p, repetition_penalty, seed),
     )
     interactive = sys.stdin.isatty()

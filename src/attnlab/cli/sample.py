@@ -66,7 +66,7 @@ def generation_options(fn):
         click.option("--device", default="cpu", show_default=True),
         click.option(
             "--dtype",
-            default="fp32",
+            default="auto",
             show_default=True,
             help="Weights and activations: fp32, bf16, or auto (bf16 where this machine runs "
             "it faster; see attnlab backends).",
@@ -83,6 +83,12 @@ def generation_options(fn):
             "compile_step",
             is_flag=True,
             help="Compile the decode step (torch.compile).",
+        ),
+        click.option(
+            "--kv-cache",
+            type=click.Choice(["fp32", "bf16", "int8"]),
+            default=None,
+            help="The KV cache's dtype (default the weights'); int8 takes about a quarter of fp32.",
         ),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), fn)
@@ -116,6 +122,9 @@ def load_for_generation(source: str, device: str, dtype: str, quantize, group_si
     if want != torch.float32:
         model.to(want)
     return model.eval(), tokenizer
+
+
+KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 def sampling_kwargs(temperature, top_k, top_p, min_p, repetition_penalty, seed) -> dict:
@@ -168,6 +177,7 @@ def sample(
     quantize,
     group_size,
     compile_step,
+    kv_cache,
 ) -> None:
     """Continue a prompt with a language model, streaming the text as it is generated
     (temperature 0 = greedy). A prompt longer than the model's context keeps its end, and
@@ -240,6 +250,7 @@ def sample(
         max_new_tokens,
         truncate=True,
         compile=compile_step,
+        cache_dtype=KV_DTYPES.get(kv_cache),
         **sampling_kwargs(temperature, top_k, top_p, min_p, repetition_penalty, seed),
         **common,
     )

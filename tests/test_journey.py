@@ -78,6 +78,20 @@ def test_packaged_gguf_to_a_run_and_to_hugging_face(tmp_path, monkeypatch):
     reports = [attnlab("info", src) for src in ("smol-run", "smol-hf", gguf)]
     assert reports[0] == reports[1] == reports[2] and "134,515,008" in reports[0]
 
+    # The same model and tokenizer, chat template included, from each of the three.
+    import attnlab as library
+
+    loaded = [library.load(src) for src in (gguf, "smol-run", "smol-hf")]
+    chat = [{"role": "user", "content": "Hi there"}]
+    rendered = [tok.apply_chat_template(chat) for _, tok in loaded]
+    assert rendered[0] == rendered[1] == rendered[2] and "<|im_start|>assistant" in rendered[0]
+    ids = torch.tensor([loaded[0].tokenizer.encode(rendered[0], add_special_tokens=False)])
+    assert all(tok.encode(rendered[0], add_special_tokens=False) == ids[0].tolist()
+               for _, tok in loaded)  # fmt: skip
+    with torch.no_grad():
+        logits = [model(ids).logits for model, _ in loaded]
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
+
 
 def test_a_classifier_from_a_csv_with_named_labels(tmp_path, monkeypatch):
     from transformers import AutoConfig

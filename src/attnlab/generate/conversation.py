@@ -72,7 +72,7 @@ class Conversation:
         self.sampling = sampling
         weight = next(model.parameters())
         self.caches = model.make_caches(
-            1, self.max_len, kind="static", dtype=cache_dtype or weight.dtype
+            1, self.max_len, kind="static", dtype=cache_dtype or weight.dtype, check_values=False
         )
         self.cached: list[int] = []  # the ids whose keys and values the cache holds
         self.reused = 0  # positions of the cache the last turn reused
@@ -133,9 +133,7 @@ class Conversation:
             yield rest
         # The last token sampled was not fed to the model unless an end token followed it.
         self.cached = ids + (reply if ended else reply[:-1])
-        self.messages.append(
-            {"role": "assistant", "content": self.tokenizer.decode(reply)}
-        )
+        self.messages.append({"role": "assistant", "content": self.tokenizer.decode(reply)})
 
     def reset(self) -> None:
         """Forget the conversation (the system message stays)."""

@@ -41,7 +41,7 @@ class DecoderOnly:
         self.prompt_mask = _mask(input_ids, attention_mask)
 
     def make_caches(self, batch: int, max_len: int, **kwargs) -> Caches:
-        return self.model.make_caches(batch, max_len, **kwargs)
+        return self.model.make_caches(batch, max_len, **_unchecked(kwargs))
 
     def prefill(self, ids: Tensor, mask: Tensor, caches: Caches) -> tuple[Tensor, Tensor]:
         logits = self.model(ids, mask, caches=caches).logits[:, -1]  # (B, V)
@@ -72,7 +72,7 @@ class Seq2Seq:
         self.memory: Tensor | None = None
 
     def make_caches(self, batch: int, max_len: int, **kwargs) -> Caches:
-        return self.model.make_caches(batch, self.source.shape[1], max_len, **kwargs)
+        return self.model.make_caches(batch, self.source.shape[1], max_len, **_unchecked(kwargs))
 
     def prefill(self, ids: Tensor, mask: Tensor, caches: Caches) -> tuple[Tensor, Tensor]:
         if self.memory is None:
@@ -105,6 +105,12 @@ class Seq2Seq:
             self.source_mask = self.source_mask.index_select(0, indices)
         if self.memory is not None:
             self.memory = self.memory.index_select(0, indices)
+
+
+def _unchecked(kwargs: dict) -> dict:
+    # The engine computes every cache position itself: checking their values would cost two
+    # waits for the device per layer and step.
+    return {"check_values": False, **kwargs}
 
 
 def _gpt_step(model, token, positions, cache_positions, caches) -> Tensor:

@@ -7,12 +7,7 @@ import sys
 
 import click
 
-from attnlab.cli.sample import (
-    KV_DTYPES,
-    generation_options,
-    load_for_generation,
-    sampling_kwargs,
-)
+from attnlab.cli.sample import generation_options
 
 COMMANDS = "/reset forgets the conversation, /exit (or end of input) leaves"
 
@@ -24,19 +19,7 @@ COMMANDS = "/reset forgets the conversation, /exit (or end of input) leaves"
 def chat(
     source,
     system,
-    max_new_tokens,
-    temperature,
-    top_k,
-    top_p,
-    min_p,
-    repetition_penalty,
-    seed,
-    device,
-    dtype,
-    quantize,
-    group_size,
-    compile_step,
-    kv_cache,
+    gen,
 ) -> None:
     """Chat with the model at SOURCE (run dir, checkpoint, HF dir or GGUF with a chat template).
 
@@ -44,17 +27,16 @@ def chat(
     or the end of input leaves."""
     from attnlab.generate.conversation import Conversation
 
-    model, tokenizer = load_for_generation(source, device, dtype, quantize, group_size)
+    model, tokenizer = gen.load(source)
     if tokenizer is None or tokenizer.chat_template is None:
         raise ValueError(f"SOURCE: {source} has no chat template to talk through")
     conversation = Conversation(
         model,
         tokenizer,
         system=system,
-        max_new_tokens=min(max_new_tokens, model.config.max_len - 1),
-        compile=compile_step,
-        cache_dtype=KV_DTYPES.get(kv_cache),
-        **sampling_kwargs(temperature, top_k, top_p, min_p, repetition_penalty, seed),
+        max_new_tokens=min(gen.max_new_tokens, model.config.max_len - 1),
+        **gen.engine(),
+        **gen.sampling(),
     )
     interactive = sys.stdin.isatty()
     if interactive:

@@ -4,6 +4,7 @@ a chat template, quantized weights and a compiled decode step."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -91,7 +92,54 @@ def generation_options(fn):
             help="The KV cache's dtype (default the weights'); int8 takes about a quarter of fp32.",
         ),
     ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), fn)
+
+    @functools.wraps(fn)
+    def collect(*args, **kwargs):
+        fields = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(Generation)}
+        return fn(*args, gen=Generation(**fields), **kwargs)
+
+    return functools.reduce(lambda f, option: option(f), reversed(options), collect)
+
+
+KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+
+
+@dataclasses.dataclass
+class Generation:
+    """What :func:`generation_options` parsed: how to load the model and choose tokens."""
+
+    max_new_tokens: int
+    temperature: float | None
+    top_k: int | None
+    top_p: float | None
+    min_p: float | None
+    repetition_penalty: float
+    seed: int
+    device: str
+    dtype: str
+    quantize: str | None
+    group_size: int | None
+    compile_step: bool
+    kv_cache: str | None
+
+    def load(self, source: str):
+        """(model, tokenizer) of ``source``, ready to generate."""
+        return load_for_generation(source, self.device, self.dtype, self.quantize, self.group_size)
+
+    def sampling(self, repetition: bool = True) -> dict:
+        """Keyword arguments of :func:`attnlab.generate.stream` for choosing tokens."""
+        return {
+            "temperature": 0.8 if self.temperature is None else self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "min_p": self.min_p,
+            "seed": self.seed,
+            **({"repetition_penalty": self.repetition_penalty} if repetition else {}),
+        }
+
+    def engine(self) -> dict:
+        """Keyword arguments of :func:`attnlab.generate.stream` for the decode loop."""
+        return {"compile": self.compile_step, "cache_dtype": KV_DTYPES.get(self.kv_cache)}
 
 
 def load_for_generation(source: str, device: str, dtype: str, quantize, group_size):
@@ -124,20 +172,6 @@ def load_for_generation(source: str, device: str, dtype: str, quantize, group_si
     return model.eval(), tokenizer
 
 
-KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
-
-
-def sampling_kwargs(temperature, top_k, top_p, min_p, repetition_penalty, seed) -> dict:
-    return {
-        "temperature": 0.8 if temperature is None else temperature,
-        "top_k": top_k,
-        "top_p": top_p,
-        "min_p": min_p,
-        "repetition_penalty": repetition_penalty,
-        "seed": seed,
-    }
-
-
 @click.command()
 @click.option("--checkpoint", "source", required=True, help="Run dir, checkpoint, HF dir or GGUF.")
 @click.option("--prompt", default=None, help="Text to continue (default: a newline).")
@@ -165,19 +199,7 @@ def sample(
     length_penalty,
     draft,
     num_draft,
-    max_new_tokens,
-    temperature,
-    top_k,
-    top_p,
-    min_p,
-    repetition_penalty,
-    seed,
-    device,
-    dtype,
-    quantize,
-    group_size,
-    compile_step,
-    kv_cache,
+    gen,
 ) -> None:
     """Continue a prompt with a language model, streaming the text as it is generated
     (temperature 0 = greedy). A prompt longer than the model's context keeps its end, and
@@ -194,17 +216,17 @@ def sample(
     if num_beams > 1:
         given = [
             name
-            for name, value in (("--temperature", temperature), ("--top-k", top_k),
-                                ("--top-p", top_p), ("--min-p", min_p))
+            for name, value in (("--temperature", gen.temperature), ("--top-k", gen.top_k),
+                                ("--top-p", gen.top_p), ("--min-p", gen.min_p))
             if value is not None
         ]  # fmt: skip
         if given:
             raise ValueError(
                 f"--num-beams: beam search keeps the likeliest beams; drop {', '.join(given)}"
             )
-    if draft is not None and repetition_penalty != 1.0:
+    if draft is not None and gen.repetition_penalty != 1.0:
         raise ValueError("--repetition-penalty: not supported with --draft")
-    model, tokenizer = load_for_generation(source, device, dtype, quantize, group_size)
+    model, tokenizer = gen.load(source)
     if chat:
         if tokenizer is None or tokenizer.chat_template is None:
             raise ValueError(f"--chat: {source} has no chat template")
@@ -231,27 +253,26 @@ def sample(
     if num_beams > 1 or draft is not None:
         if num_beams > 1:
             options = {"num_beams": num_beams, "length_penalty": length_penalty, "truncate": True}
-            used = min(len(ids), context - max_new_tokens)  # beams keep the prompt's end
+            used = min(len(ids), context - gen.max_new_tokens)  # beams keep the prompt's end
         else:
-            draft_model, _ = load_for_generation(draft, device, dtype, quantize, group_size)
+            draft_model, _ = gen.load(draft)
             options = {
                 "draft_model": draft_model,
                 "num_draft": num_draft,
-                **sampling_kwargs(temperature, top_k, top_p, min_p, 1.0, seed),
+                **gen.sampling(repetition=False),
             }
             common.pop("vocab_size")
             used = len(ids)
-        out = generate(model, prompt_ids, max_new_tokens, **options, **common)
+        out = generate(model, prompt_ids, gen.max_new_tokens, **options, **common)
         _write_all(tokenizer, out[0, used:].tolist(), stops)
         return
     pieces = stream(
         model,
         prompt_ids,
-        max_new_tokens,
+        gen.max_new_tokens,
         truncate=True,
-        compile=compile_step,
-        cache_dtype=KV_DTYPES.get(kv_cache),
-        **sampling_kwargs(temperature, top_k, top_p, min_p, repetition_penalty, seed),
+        **gen.engine(),
+        **gen.sampling(),
         **common,
     )
     decoder = stops or tokenizer.decoder()

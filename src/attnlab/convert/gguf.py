@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from attnlab.convert.maps import gguf_llama
 from attnlab.convert.paths import regular_file
-from attnlab.convert.state import build_model, check_config_sizes
+from attnlab.convert.state import build_model, check_config_sizes, check_state_shapes
 from attnlab.quantize.apply import MODES, check_quantize
 
 ARCHITECTURES: dict[str, ModuleType] = {gguf_llama.ARCHITECTURE: gguf_llama}
@@ -454,18 +454,8 @@ def _load_quantized(
     placed = _placement(reader, family, config, path)
     model = skeleton(family.MODEL, config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    unexpected = sorted(set(placed) - set(expected))
-    if unexpected:
-        raise ValueError(f"{path}: unexpected tensors {unexpected[:5]}")
-    missing = sorted(set(expected) - set(placed))
-    if missing:
-        raise ValueError(f"{path}: missing tensors for {missing[:5]}")
-    for key, (source, _) in placed.items():
-        shape = tuple(int(n) for n in reversed(source.shape))
-        if shape != expected[key]:
-            raise ValueError(
-                f"{path}: tensor for {key!r} has shape {shape}, expected {expected[key]}"
-            )
+    shapes = {k: tuple(int(n) for n in reversed(src.shape)) for k, (src, _) in placed.items()}
+    check_state_shapes(expected, shapes, str(path))
 
     def floats(key: str) -> Tensor:
         source, rows = placed[key]

@@ -90,24 +90,31 @@ def check_config_sizes(
             )
 
 
+def check_state_shapes(
+    expected: dict[str, tuple[int, ...]], given: dict[str, tuple[int, ...]], source: str
+) -> None:
+    """ValueError naming ``source`` and the tensor unless ``given`` names exactly the
+    ``expected`` tensors, with their shapes."""
+    unexpected = sorted(set(given) - set(expected))
+    if unexpected:
+        raise ValueError(f"{source}: unexpected tensors {unexpected[:5]}")
+    missing = sorted(set(expected) - set(given))
+    if missing:
+        raise ValueError(f"{source}: missing tensors for {missing[:5]}")
+    for key, shape in given.items():
+        if shape != expected[key]:
+            raise ValueError(
+                f"{source}: tensor for {key!r} has shape {shape}, expected {expected[key]}"
+            )
+
+
 def build_model(model_cls, config, state: dict[str, Tensor], source: str) -> nn.Module:
     """``model_cls(config)`` loaded with ``state`` (cast to fp32), in eval mode. Names and
     shapes are compared on a ``meta``-device model first, so a configuration that disagrees with
     the tensors is reported before anything is allocated."""
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in model_cls(config).state_dict().items()}
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise ValueError(f"{source}: unexpected tensors {unexpected[:5]}")
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ValueError(f"{source}: missing tensors for {missing[:5]}")
-    for key, value in state.items():
-        if tuple(value.shape) != expected[key]:
-            raise ValueError(
-                f"{source}: tensor for {key!r} has shape {tuple(value.shape)}, "
-                f"expected {expected[key]}"
-            )
+    check_state_shapes(expected, {k: tuple(v.shape) for k, v in state.items()}, source)
     model = model_cls(config)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval()

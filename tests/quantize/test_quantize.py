@@ -53,6 +53,11 @@ def _linear(n: int, k: int, bias: bool = True) -> nn.Linear:
     return nn.Linear(k, n, bias=bias)
 
 
+# The packed kernels take bf16 activations and scales (fp32 ones are rounded: 2^-9 relative
+# each) and return bf16; against the fp32 reference that leaves a relative error near 3e-3.
+KERNEL_RTOL = 6e-3
+
+
 def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
     err = ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
     assert err <= rtol, f"relative error {err:.2e} > {rtol:.0e}"
@@ -67,7 +72,9 @@ def test_int8_matches_its_dequantized_weights(n, k, rows):
     q = Int8Linear.from_linear(linear)
     x = torch.randn(rows, k)
     expected = F.linear(x, q.dequantize(), linear.bias)
-    _close(q(x), expected, 1e-5)
+    _close(q(x), expected, KERNEL_RTOL if k % 8 == 0 else 1e-5)  # fp32 at other widths
+    with torch.enable_grad():  # the dequantizing path, which gradients take, is exact
+        _close(q(x.requires_grad_()), expected, 1e-5)
     # the quantized weights themselves are within half a step of the originals
     step = q.scales[:, None]
     assert ((q.dequantize() - linear.weight).abs() <= step / 2 + 1e-7).all()
@@ -81,7 +88,9 @@ def test_int4_matches_its_dequantized_weights(n, k, group, rows):
     q = Int4Linear.from_linear(linear, group)
     x = torch.randn(rows, k)
     expected = F.linear(x, q.dequantize(), linear.bias)
-    _close(q(x), expected, 1e-5)
+    _close(q(x), expected, KERNEL_RTOL if q.kernel_fits() else 1e-5)
+    with torch.enable_grad():  # the dequantizing path, which gradients take, is exact
+        _close(q(x.requires_grad_()), expected, 1e-5)
     codes = q.codes()
     assert codes.shape == (n, k) and int(codes.max()) <= 15
     assert q.weight_int4.shape == (n, k // 2)  # two codes a byte
@@ -161,7 +170,7 @@ def test_layout_and_restore_rebuild_the_same_layers(mode, options):
 
 def test_the_kernels_run_and_match_in_every_dtype(monkeypatch):
     """The PyTorch kernels themselves (not just the fallback) agree with the reference, and the
-    kernel path is the one taken for a decode-sized fp32 input and for bf16."""
+    kernel path is the one taken for fp32 (rounded to bf16), bf16 and fp16 inputs."""
     calls = []
     original = kernels.use_kernel
 
@@ -173,7 +182,11 @@ def test_the_kernels_run_and_match_in_every_dtype(monkeypatch):
     monkeypatch.setattr(kernels, "use_kernel", spy)
     linear = _linear(64, 128)
     for q in (Int8Linear.from_linear(linear), Int4Linear.from_linear(linear, 64)):
-        for dtype, rtol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 4e-3)):
+        for dtype, rtol in (
+            (torch.float32, KERNEL_RTOL),
+            (torch.bfloat16, 2e-2),
+            (torch.float16, 4e-3),
+        ):
             x = torch.randn(2, 128).to(dtype)
             expected = F.linear(x.float(), q.dequantize(), linear.bias)
             y = q(x)
@@ -189,7 +202,7 @@ def test_fallback_when_the_kernel_is_missing_or_a_gradient_is_needed(monkeypatch
     x = torch.randn(1, 64)
     fast = q(x)
     monkeypatch.setattr(kernels, "has_op", lambda name: False)
-    _close(q(x), fast, 1e-5)
+    _close(q(x), fast, KERNEL_RTOL)
     x.requires_grad_(True)
     q(x).sum().backward()  # the fallback carries the gradient to the input
     _close(x.grad, q.dequantize().sum(0, keepdim=True), 1e-5)

@@ -44,7 +44,7 @@ class DecoderOnly:
         return self.model.make_caches(batch, max_len, **_unchecked(kwargs))
 
     def prefill(self, ids: Tensor, mask: Tensor, caches: Caches) -> tuple[Tensor, Tensor]:
-        logits = self.model(ids, mask, caches=caches).logits[:, -1]  # (B, V)
+        logits = self.model(ids, mask, caches=caches, logits_to_keep=1).logits[:, -1]  # (B, V)
         return logits, mask.sum(-1, keepdim=True)  # next position: real tokens so far (B, 1)
 
     def step(self, token, positions, cache_positions, caches) -> Tensor:

@@ -93,7 +93,7 @@ def stream(
     max_new_tokens: int,
     *,
     attention_mask: Tensor | None = None,
-    temperature: float = 1.0,
+    temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,

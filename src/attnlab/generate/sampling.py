@@ -23,7 +23,7 @@ from torch import Tensor
 class Sampling:
     """How a row's next token is chosen; checked on construction."""
 
-    temperature: float = 1.0  # 0 = greedy; > 1 flattens, < 1 sharpens
+    temperature: float = 0.0  # 0 = greedy (the default); > 1 flattens, < 1 sharpens
     top_k: int | None = None  # keep the k likeliest tokens
     top_p: float | None = None  # keep the smallest set reaching this probability, in (0, 1]
     min_p: float | None = None  # keep tokens >= min_p x the likeliest one's probability, [0, 1]
@@ -111,7 +111,7 @@ def choose(
 def next_token(
     logits: Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,

@@ -191,6 +191,7 @@ class GPT(nn.Module):
         positions: Tensor | None = None,
         cache_positions: Tensor | None = None,
         labels: Tensor | None = None,
+        logits_to_keep: int = 0,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> ModelOutput:
@@ -207,6 +208,9 @@ class GPT(nn.Module):
             cache_positions: with a static or ring cache, where this call's tokens are stored,
                 (T,) or (B, T); default each row's next free position.
             labels: token ids (B, T) for the next-token loss (see :func:`lm_loss`).
+            logits_to_keep: logits of the last this many positions only (B, n, V); 0 = all.
+                A prompt's prefill needs one: the vocabulary projection of the others is
+                wasted work (a third of GPT-2's forward at 512 tokens).
             output_hidden_states, output_attentions: also return every block's input (and the
                 final normalised output) and every block's attention weights (B, H, T, S).
         """
@@ -233,7 +237,15 @@ class GPT(nn.Module):
             positions=positions,
         )
         x = self.norm(stack.x)
-        logits = self.head(x)  # (B, T, V)
+        if (
+            isinstance(logits_to_keep, bool)
+            or not isinstance(logits_to_keep, int)
+            or logits_to_keep < 0
+        ):
+            raise ValueError(f"logits_to_keep: expected an int >= 0, got {logits_to_keep!r}")
+        if logits_to_keep and labels is not None:
+            raise ValueError("logits_to_keep: the loss needs every position's logits")
+        logits = self.head(x[:, -logits_to_keep:] if logits_to_keep else x)  # (B, T or n, V)
         return ModelOutput(
             logits,
             hidden_states=(*stack.hidden_states, x) if output_hidden_states else None,

@@ -47,9 +47,10 @@ class LearnedPositionalEmbedding(nn.Module):
             raise ValueError(
                 f"positions must have shape (T,) or (B, T); got shape {tuple(positions.shape)}"
             )
-        if positions.numel() > 0:
+        if positions.numel() > 0 and not torch.compiler.is_compiling():
             # Checked here, not left to the index kernel: out-of-range indices give an opaque
-            # IndexError on CPU and a device-side assert on CUDA.
+            # IndexError on CPU and a device-side assert on CUDA. (Not while compiling: reading
+            # values would break the graph; the generation engine computes the positions.)
             lowest, highest = int(positions.min()), int(positions.max())
             if lowest < 0 or highest >= self.max_len:
                 bad = lowest if lowest < 0 else highest

@@ -90,6 +90,10 @@ class SinusoidalPositionalEmbedding(nn.Module):
         _check_positions(positions)
         if positions.numel() == 0:
             return self.table.new_empty((*positions.shape, self.dim))
+        if torch.compiler.is_compiling():
+            # Reading values would break the graph: a compiled decode step stays within the
+            # rows its eager prefill already grew the table to.
+            return self.table[positions]
         lowest, highest = int(positions.min()), int(positions.max())
         if lowest < 0:
             raise ValueError(f"positions must be >= 0; got {lowest}")

@@ -18,10 +18,15 @@ interleaved runs, relative to fp32 ``F.linear`` in the same run:
   at 64 rows they take 12-14x the fp32 time against 1.7-2.4x for the fallback;
 * bf16 activations: the kernels take 0.45-0.65x the fp32 matmul at 2 to 64 rows.
 
-Hence the rule below: the kernel for bf16/fp16 activations of any length and for fp32
-activations of at most ``FP32_KERNEL_MAX_ROWS`` rows; the fallback otherwise, off the CPU, when
-the operator is missing from this PyTorch build, and when a gradient must flow to the input.
-On this machine kind quantization saves memory (4x or 8x smaller weights) rather than time.
+Hence the rule below: the kernels run on the CPU whenever no gradient must flow to the input,
+and fp32 activations are rounded to bf16 for them (measured one row, 768 -> 3072, quiet
+machine: fp32 ``F.linear`` 0.26 ms, int8 kernel with fp32 activations 2.0 ms, with bf16
+activations 0.20 ms; int4 4.9 ms and 0.26 ms). Rounding the activations to bf16 (8 bits of
+mantissa) is the price, as llama.cpp rounds its activations to 8-bit blocks for its quantized
+matmuls; the output returns in the input's dtype. The fallback runs off the CPU, when the
+operator is missing from this PyTorch build, and when a gradient must flow to the input.
+On this machine kind the weights are 4x (int8) or about 8x (int4) smaller, and decoding, which
+reads every weight once a token, is faster for it (``benchmarks/generate.py``).
 
 Group-wise int8 (``Int8Linear(group_size=G)``, the layout of GGUF's Q8_0) has no PyTorch kernel:
 ``_weight_int8pack_mm`` takes one scale per output channel, and running it once per group of
@@ -34,8 +39,6 @@ import torch
 from torch import Tensor
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Above this many fp32 rows the kernels fall behind dequantize-then-matmul (see above).
-FP32_KERNEL_MAX_ROWS = 8
 # The int4 CPU kernel accepts only these group sizes and output widths divisible by 16.
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
 INT4_KERNEL_N_MULTIPLE = 16
@@ -54,6 +57,25 @@ def use_kernel(x2d: Tensor, op: str) -> bool:
     """Whether ``op`` should multiply the activation ``x2d`` (rows, K); see the module docstring."""
     if x2d.device.type != "cpu" or x2d.dtype not in KERNEL_DTYPES or not has_op(op):
         return False
-    if torch.is_grad_enabled() and x2d.requires_grad:  # the kernels have no backward
-        return False
-    return x2d.dtype != torch.float32 or x2d.shape[0] <= FP32_KERNEL_MAX_ROWS
+    return not (torch.is_grad_enabled() and x2d.requires_grad)  # the kernels have no backward
+
+
+# _weight_int8pack_mm with bf16/fp16 activations whose width K is not a multiple of 8 gives
+# wrong results for more than one row, or crashes (torch 2.13 CPU, measured: K = 4, 12, 20 wrong,
+# K = 7 a segmentation fault); with fp32 activations it is exact at any K.
+INT8_HALF_K_MULTIPLE = 8
+# fp32 activations the int8 kernel takes as they are (the K above), up to this many rows; more
+# are faster dequantized then multiplied.
+FP32_KERNEL_MAX_ROWS = 8
+
+
+def kernel_input(x2d: Tensor, op: str) -> Tensor | None:
+    """The activation (rows, K) as ``op`` takes it: contiguous, fp32 rounded to bf16; None when
+    the kernel must not run on it (then dequantize and multiply)."""
+    if op == "_weight_int8pack_mm" and x2d.shape[1] % INT8_HALF_K_MULTIPLE:
+        if x2d.dtype != torch.float32 or x2d.shape[0] > FP32_KERNEL_MAX_ROWS:
+            return None
+        return x2d.contiguous()
+    if x2d.dtype == torch.float32:
+        x2d = x2d.to(torch.bfloat16)
+    return x2d.contiguous()

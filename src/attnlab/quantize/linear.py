@@ -154,10 +154,12 @@ class Int8Linear(_QuantizedLinear):
         return (q * self.scales[..., None]).reshape(n, k).to(dtype)
 
     def _matmul(self, x2d: Tensor) -> Tensor:
+        x = None
         if self.group_size is None and kernels.use_kernel(x2d, self.OP):
-            return torch.ops.aten._weight_int8pack_mm(
-                x2d.contiguous(), self.weight_int8, self.scales.to(x2d.dtype)
-            )
+            x = kernels.kernel_input(x2d, self.OP)
+        if x is not None:
+            y = torch.ops.aten._weight_int8pack_mm(x, self.weight_int8, self.scales.to(x.dtype))
+            return y.to(x2d.dtype)
         return F.linear(x2d, self.dequantize(x2d.dtype))
 
     def extra_repr(self) -> str:
@@ -251,10 +253,11 @@ class Int4Linear(_QuantizedLinear):
             if self._packed is None:
                 codes = self.codes().to(torch.int32)
                 self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x2d.contiguous(), self._packed, self.group_size,
-                self.scales_and_zeros.to(x2d.dtype),
-            )  # fmt: skip
+            x = kernels.kernel_input(x2d, self.OP)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x, self._packed, self.group_size, self.scales_and_zeros.to(x.dtype)
+            )
+            return y.to(x2d.dtype)
         return F.linear(x2d, self.dequantize(x2d.dtype))
 
     def extra_repr(self) -> str:

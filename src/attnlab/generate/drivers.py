@@ -167,6 +167,7 @@ def driver_for(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | Non
 
 
 _COMPILED: dict[tuple[Callable, str | None], Callable] = {}
+RECOMPILE_LIMIT = 64  # models x batch shapes x cache sizes one process may decode with
 _FAILED: set[tuple[Callable, str | None]] = set()
 
 
@@ -184,7 +185,11 @@ def compiled(fn: Callable, mode: str | None) -> Callable:
         if key in _FAILED:
             return fn(*args)
         try:
-            return fast(*args)
+            # One compiled step serves every model and batch shape of the process, and each
+            # new one compiles again: past dynamo's default limit of 8 it would silently run
+            # eagerly from then on.
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return fast(*args)
         except Exception as exc:  # a missing compiler, an unsupported operation, ...
             _FAILED.add(key)
             warnings.warn(

@@ -216,6 +216,8 @@ class GPT(nn.Module):
         """
         check_input_ids(input_ids)
         t = input_ids.shape[1]
+        if isinstance(caches, list | tuple):  # layer caches made one by one
+            caches = Caches(list(caches))
         if caches is not None and caches.slotted:
             layer_caches, mask, positions = self._slotted(
                 caches, t, attention_mask, positions, cache_positions

@@ -290,3 +290,24 @@ def test_int8_kv_cache_keeps_the_greedy_tokens():
     assert torch.equal(got, want)
     with pytest.raises(ValueError, match="dtype: an int8 cache"):
         generate(model, ids, 4, cache="dynamic", cache_dtype=torch.int8)
+
+
+def test_a_model_that_fails_to_compile_decodes_eagerly_alone():
+    """A step that does not compile (here: Inductor cannot lower the packed int4 matmul of a
+    bf16-rounded input) falls back for that model only; another still compiles."""
+    from attnlab.generate import drivers
+    from attnlab.quantize import quantize
+
+    plain = _gpt("rope")
+    quantized = quantize(_gpt("rope"), "int4", group_size=32)
+    ids = torch.tensor([[5, 9, 13]])
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always", RuntimeWarning)
+        got = generate(quantized, ids, 4, compile=True)
+    assert torch.equal(got, generate(quantized, ids, 4))
+    failed = [set(models) for models in drivers._FAILED.values()]
+    fell_back = any("torch.compile failed" in str(r.message) for r in records)
+    assert fell_back == any(quantized in models for models in failed)
+    with _no_fallback():
+        generate(plain, ids, 4, compile=True)
+    assert not any(plain in models for models in drivers._FAILED.values())

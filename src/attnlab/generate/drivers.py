@@ -18,6 +18,7 @@ Shapes: B rows, T prompt tokens, S source tokens, V vocabulary.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -168,36 +169,38 @@ def driver_for(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | Non
 
 _COMPILED: dict[tuple[Callable, str | None], Callable] = {}
 RECOMPILE_LIMIT = 64  # models x batch shapes x cache sizes one process may decode with
-_FAILED: set[tuple[Callable, str | None]] = set()
+# Models whose step failed to compile, per step kind and mode: they decode eagerly from then on
+# (another model, say one without quantized layers, may still compile).
+_FAILED: dict[tuple[Callable, str | None], weakref.WeakSet] = {}
 
 
 def compiled(fn: Callable, mode: str | None) -> Callable:
-    """``fn`` under ``torch.compile`` (one compiled function per step kind and mode, reused by
-    every generation), or ``fn`` itself, with one warning, where compiling fails."""
+    """``fn(model, ...)`` under ``torch.compile`` (one compiled function per step kind and
+    mode, reused by every generation), or ``fn`` itself, with one warning, for a model whose
+    step fails to compile."""
     key = (fn, mode)
-    if key in _FAILED:
-        return fn
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(fn, mode=mode, dynamic=False)
-    fast = _COMPILED[key]
+        _FAILED[key] = weakref.WeakSet()
+    fast, failed = _COMPILED[key], _FAILED[key]
 
-    def run(*args):
-        if key in _FAILED:
-            return fn(*args)
+    def run(model, *args):
+        if model in failed:
+            return fn(model, *args)
         try:
             # One compiled step serves every model and batch shape of the process, and each
             # new one compiles again: past dynamo's default limit of 8 it would silently run
             # eagerly from then on.
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                return fast(*args)
+                return fast(model, *args)
         except Exception as exc:  # a missing compiler, an unsupported operation, ...
-            _FAILED.add(key)
+            failed.add(model)
             warnings.warn(
                 f"compile: torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
                 "decoding eagerly",
                 RuntimeWarning,
                 stacklevel=3,
             )
-            return fn(*args)
+            return fn(model, *args)
 
     return run

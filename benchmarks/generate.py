@@ -542,7 +542,9 @@ def case_smollm2(args, bw: dict, report: dict) -> None:
     if importlib.util.find_spec("llama_cpp") is not None:
         from llama_cpp import Llama
 
-        llm = Llama(model_path=str(path), n_threads=args.threads, n_ctx=512, verbose=False)
+        llm = Llama(
+            model_path=str(path), n_threads=args.threads, n_ctx=512, logits_all=True, verbose=False
+        )  # logits_all: llama-cpp-python 0.3 writes .scores only then
         fns = {"llama.cpp Q4_1": llama_cpp_call(llm, tokens, n), **fns}
         sizes["llama.cpp Q4_1"] = path.stat().st_size
         peer = "llama.cpp Q4_1"

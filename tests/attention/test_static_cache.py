@@ -455,3 +455,29 @@ def test_int8_cache_stays_close_to_float_and_reorders(cls):
     int8.reorder(torch.tensor([1, 0]))
     exact.reorder(torch.tensor([1, 0]))
     assert (int8.keys_values()[1] - exact.keys_values()[1]).abs().max() <= 0.05
+
+
+@pytest.mark.parametrize("bias", ["t5", "alibi"])
+def test_position_biases_follow_the_slots(bias):
+    """ALiBi and T5 biases over a static cache's slots equal the full causal forward."""
+    from attnlab.attention import masks
+    from attnlab.attention.bias import RelativePositionBias, alibi
+    from attnlab.attention.caches import Caches
+    from attnlab.attention.multihead import MultiHeadAttention
+
+    torch.manual_seed(0)
+    if bias == "t5":
+        position = RelativePositionBias(4, bidirectional=False, num_buckets=8, max_distance=16)
+    else:
+        position = alibi(4)
+    mha = MultiHeadAttention(32, 4, position=position).eval()
+    with torch.no_grad():
+        if bias == "t5":
+            position.weight.normal_()
+        x = torch.randn(2, 9, 32)
+        full = mha(x, mask=masks.causal())
+        caches = Caches([mha.make_cache(2, 12, kind="static")])
+        outs = [mha(x[:, :5], cache=caches.bind(torch.arange(5))[0])]
+        for i in range(5, 9):
+            outs.append(mha(x[:, i : i + 1], cache=caches.bind(torch.tensor([i]))[0]))
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)

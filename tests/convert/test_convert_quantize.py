@@ -21,7 +21,7 @@ from attnlab.convert import load_gguf
 from attnlab.data.chars import CharTokenizer
 from attnlab.loader import convert, save_run
 from attnlab.models import GPT, GPTConfig
-from attnlab.quantize import Int4Linear, Int8Linear, layout, quantize
+from attnlab.quantize import Int4Linear, Int8Linear, TiedEmbedding, layout, quantize
 
 DIM, HIDDEN, VOCAB, N_HEAD, N_KV_HEAD = 64, 96, 40, 4, 2
 # one type per weight of a 2-layer Llama: the three exact block types and two that are not
@@ -230,8 +230,12 @@ def test_a_run_loads_quantized_and_saves_and_loads_back_quantized(
     loaded = attnlab.load(run, quantize=mode, group_size=group_size)
     reference = quantize(attnlab.load(run).model, mode, group_size=group_size)
     layers = layout(loaded.model)
+    head = layers.pop("head")  # tied to the embedding: int8 per channel, read by it too
+    assert head == {"mode": "int8", "group_size": None, "embedding": "tok"}
     assert {(layer[0].mode, layer[1])} == {(e["mode"], e["group_size"]) for e in layers.values()}
-    assert len(layers) == 2 * 6  # the GPT-2 head is tied to the embedding: it stays fp32
+    assert len(layers) == 2 * 6
+    layers["head"] = head
+    assert isinstance(loaded.model.tok, TiedEmbedding)
     ids = torch.tensor([[1, 2, 3, 4]])
     assert torch.equal(_logits(loaded.model, ids), _logits(reference, ids))
 
@@ -242,6 +246,7 @@ def test_a_run_loads_quantized_and_saves_and_loads_back_quantized(
     assert (saved / "checkpoints" / "step-0000000" / "model.safetensors").is_file()
     back = attnlab.load(saved)
     assert layout(back.model) == layers
+    assert isinstance(back.model.tok, TiedEmbedding) and back.model.tok.head is back.model.head
     assert torch.equal(_logits(back.model, ids), _logits(loaded.model, ids))
     for key, value in loaded.model.state_dict().items():
         assert torch.equal(back.model.state_dict()[key], value), key
@@ -250,7 +255,7 @@ def test_a_run_loads_quantized_and_saves_and_loads_back_quantized(
     assert (_logits(back.model, ids) - _logits(floats, ids)).norm() < 0.3 * _logits(
         floats, ids
     ).norm()
-    with pytest.raises(ValueError, match=r"quantize: .* is already quantized \(12 .* layers\)"):
+    with pytest.raises(ValueError, match=r"quantize: .* is already quantized \(13 .* layers\)"):
         attnlab.load(saved, quantize="int8")
 
 
@@ -297,7 +302,7 @@ def test_a_quantized_model_is_not_written_as_hugging_face(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"to: expected a floating-point model for a Hugging Face checkpoint, got one with "
-        r"12 int8 quantized layers",
+        r"13 int8 quantized layers",
     ):
         convert(saved, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()

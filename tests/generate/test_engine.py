@@ -292,22 +292,69 @@ def test_int8_kv_cache_keeps_the_greedy_tokens():
         generate(model, ids, 4, cache="dynamic", cache_dtype=torch.int8)
 
 
-def test_a_model_that_fails_to_compile_decodes_eagerly_alone():
-    """A step that does not compile (here: Inductor cannot lower the packed int4 matmul of a
-    bf16-rounded input) falls back for that model only; another still compiles."""
-    from attnlab.generate import drivers
+@pytest.mark.parametrize("mode,group_size", [("int8", None), ("int4", 32)])
+def test_quantized_models_compile_and_give_the_eager_tokens(mode, group_size):
+    """The packed int8/int4 matmuls are opaque operators to the compiler (it fuses what is
+    around them), so a quantized step compiles without falling back."""
     from attnlab.quantize import quantize
 
-    plain = _gpt("rope")
-    quantized = quantize(_gpt("rope"), "int4", group_size=32)
-    ids = torch.tensor([[5, 9, 13]])
-    with warnings.catch_warnings(record=True) as records:
-        warnings.simplefilter("always", RuntimeWarning)
-        got = generate(quantized, ids, 4, compile=True)
-    assert torch.equal(got, generate(quantized, ids, 4))
-    failed = [set(models) for models in drivers._FAILED.values()]
-    fell_back = any("torch.compile failed" in str(r.message) for r in records)
-    assert fell_back == any(quantized in models for models in failed)
+    model = quantize(_gpt("learned"), mode, group_size=group_size)
+    ids, mask = left_padded([[5, 9, 13, 7], [8, 3]])
+    eager = generate(model, ids, 12, attention_mask=mask)
     with _no_fallback():
-        generate(plain, ids, 4, compile=True)
-    assert not any(plain in models for models in drivers._FAILED.values())
+        assert torch.equal(generate(model, ids, 12, attention_mask=mask, compile=True), eager)
+
+
+def test_a_model_that_fails_to_compile_decodes_eagerly_alone(monkeypatch):
+    """A step that does not compile (here: a compiler that fails for one model) falls back for
+    that model only, with one warning; another still runs compiled."""
+    from attnlab.generate import drivers
+
+    failing, plain = _gpt("rope", seed=1), _gpt("rope", seed=2)
+    compiled_calls = []
+
+    def fake_compile(fn, **kwargs):
+        def run(model, *args):
+            if model is failing:
+                raise RuntimeError("lowering failed")
+            compiled_calls.append(model)
+            return fn(model, *args)
+
+        return run
+
+    monkeypatch.setattr(drivers, "_COMPILED", {})
+    monkeypatch.setattr(drivers, "_FAILED", {})
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    ids = torch.tensor([[5, 9, 13]])
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*lowering failed"):
+        got = generate(failing, ids, 4, compile=True)
+    assert torch.equal(got, generate(failing, ids, 4))
+    assert [failing in models for models in drivers._FAILED.values()] == [True]
+    with _no_fallback():
+        generate(failing, ids, 4, compile=True)  # eager from then on, without a new warning
+        assert torch.equal(generate(plain, ids, 4, compile=True), generate(plain, ids, 4))
+    assert compiled_calls and all(m is plain for m in compiled_calls)
+
+
+def test_prepare_stores_wide_fp32_weights_column_major_and_keeps_their_values(tmp_path):
+    """Before decoding, fp32 Linear weights with more outputs than inputs (the fused QKV, the
+    MLP's up projection, the tied head) become column-major; values, shapes and tying stay, and
+    the model still saves and loads."""
+    import attnlab
+    from attnlab.generate.drivers import prepare
+    from attnlab.loader import save_run
+
+    model = _gpt("learned")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.tensor([[5, 9, 13]])
+    expected = model(ids).logits
+    prepare(model)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert any(m.out_features > m.in_features for m in linears)
+    for m in linears:
+        assert m.weight.stride(0) == (1 if m.out_features > m.in_features else m.in_features)
+    assert model.head.weight is model.tok.weight
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5)
+    back = attnlab.load(save_run(model, None, tmp_path / "run")).model
+    assert all(torch.equal(v, before[k]) for k, v in back.state_dict().items())

@@ -11,7 +11,7 @@ from torch import nn
 
 from attnlab.generate import generate
 from attnlab.models import GPT
-from attnlab.quantize import Int4Linear, Int8Linear, kernels, quantize
+from attnlab.quantize import Int4Linear, Int8Linear, TiedEmbedding, kernels, quantize
 
 TINY = {"vocab_size": 97, "max_len": 64, "n_layer": 2, "n_head": 4, "dim": 64}
 FLAVOURS = {
@@ -166,6 +166,21 @@ def test_layout_and_restore_rebuild_the_same_layers(mode, options):
         restore(_model("llama"), {"nope": {"mode": "int8"}}, "meta.json")
     with pytest.raises(ValueError, match=r"layer 'head': expected mode one of int8, int4"):
         restore(_model("llama"), {"head": {"mode": "int2"}})
+    # the untied Llama head has no embedding to read it
+    with pytest.raises(ValueError, match=r"layer 'head': expected 'tok' to be an nn.Embedding"):
+        restore(_model("llama"), {"head": {"mode": "int8", "embedding": "tok"}})
+
+
+def test_restore_rebuilds_a_tied_head_and_its_embedding():
+    from attnlab.quantize import layout, restore
+
+    quantized = quantize(_model("gpt2"), "int4", group_size=32)
+    fresh = restore(_model("gpt2"), layout(quantized))
+    assert isinstance(fresh.tok, TiedEmbedding) and fresh.tok.head is fresh.head
+    fresh.load_state_dict(quantized.state_dict())
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, quantized(ids).logits)
 
 
 def test_the_kernels_run_and_match_in_every_dtype(monkeypatch):
@@ -238,8 +253,7 @@ def test_quantized_logits_stay_close_to_fp32(flavour, mode, options):
     assert agree >= TOP1_AGREEMENT[mode]
     layers = [m for m in quantized.modules() if isinstance(m, (Int8Linear, Int4Linear))]
     per_block = 4 + (3 if flavour == "llama" else 2)
-    untied_head = 1 if flavour == "llama" else 0
-    assert len(layers) == TINY["n_layer"] * per_block + untied_head
+    assert len(layers) == TINY["n_layer"] * per_block + 1  # and the head, tied or not
     assert not any(type(m) is nn.Linear for m in quantized.blocks.modules())
 
 
@@ -252,13 +266,40 @@ def test_greedy_decoding_with_int8_matches_fp32():
     assert torch.equal(generate(quantized, prompt, 8, temperature=0), expected)
 
 
-def test_tied_head_stays_tied_and_the_embedding_intact():
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_tied_head_becomes_int8_and_the_embedding_reads_its_rows(mode):
     model = _model("gpt2")
     embedding = model.tok.weight.detach().clone()
+    quantize(model, mode, group_size=32 if mode == "int4" else None)
+    head = model.head
+    assert type(head) is Int8Linear and head.group_size is None  # int8 per channel in any mode
+    assert isinstance(model.tok, TiedEmbedding) and model.tok.head is head
+    assert not [k for k in model.state_dict() if k.startswith("tok.")]  # stored once
+    ids = torch.tensor([[3, 0, 96], [5, 5, 1]])
+    rows = head.dequantize()[ids]
+    assert torch.equal(model.tok(ids), rows)  # the embedding is the head's matrix
+    torch.testing.assert_close(rows, embedding[ids], rtol=0, atol=embedding.abs().max() / 127)
+    with pytest.raises(TypeError, match="input_ids: expected integer"):
+        model.tok(ids.float())
+
+
+def test_skipping_a_tied_head_keeps_it_and_the_embedding_fp32_and_tied():
+    model = _model("gpt2")
+    quantize(model, "int8", skip=["head"])
+    assert type(model.head) is nn.Linear and model.head.weight is model.tok.weight
+    assert type(model.tok) is nn.Embedding
+
+
+def test_a_weight_shared_with_another_kind_of_module_stays_fp32():
+    class Holder(nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            self.weight = weight
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    model.append(Holder(model[1].weight))
     quantize(model, "int8")
-    assert type(model.head) is nn.Linear
-    assert model.head.weight is model.tok.weight
-    assert torch.equal(model.tok.weight, embedding)
+    assert isinstance(model[0], Int8Linear) and type(model[1]) is nn.Linear
 
 
 def test_skip_leaves_matching_layers_in_floating_point():
@@ -325,7 +366,7 @@ def test_group_size_error_names_the_layer_and_widths():
 def test_nothing_to_quantize_is_an_error():
     with pytest.raises(ValueError, match=r"no nn\.Linear layers"):
         quantize(nn.Sequential(nn.Embedding(4, 4)), "int8")
-    with pytest.raises(ValueError, match="tied to another module or match skip"):
+    with pytest.raises(ValueError, match="shared with another module or match skip"):
         quantize(nn.Sequential(nn.Linear(4, 4)), "int8", skip=("*",))
     with pytest.raises(TypeError, match=r"bare nn\.Linear"):
         quantize(nn.Linear(4, 4), "int8")

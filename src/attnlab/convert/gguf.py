@@ -350,10 +350,14 @@ def load_gguf(
             * ``"int8"`` / ``"int4"``: every Linear in that mode; the file's blocks are taken
               as they are where they are of that mode (Q8_0 for int8, Q4_0/Q4_1 for int4) and
               ``group_size`` is None or 32; every other layer is dequantized to fp32 and
-              quantized with ``group_size`` (default: per channel for int8, 128 for int4).
+              quantized with ``group_size`` (default: per channel for int8, 128 for int4, or
+              32, the file's block size, where 128 does not divide the width).
 
-            The token embedding, the norms and a head tied to the embedding stay fp32 (as
-            :func:`attnlab.quantize.quantize` leaves them).
+            The norms stay fp32. A head tied to the token embedding becomes int8 per channel
+            for ``"int8"`` and ``"int4"`` and the embedding reads its rows from it (as
+            :func:`attnlab.quantize.quantize` does); for ``"gguf"`` it keeps the file's blocks
+            where they are Q4_0/Q4_1 and stays fp32 where they are Q8_0 (group-wise int8 has
+            no matmul kernel, and the head is the largest matrix a decode step reads).
         group_size: with ``quantize="int8"`` or ``"int4"`` only (see above).
 
     Raises:
@@ -448,7 +452,13 @@ def _load_quantized(
     """The model with quantized Linear layers filled tensor by tensor (see :func:`load_gguf`)."""
     from attnlab.convert import gguf_blocks
     from attnlab.convert.skeleton import fill, skeleton
-    from attnlab.quantize.apply import DEFAULT_GROUP_SIZE, LAYERS, _shared_weights, replace
+    from attnlab.quantize.apply import (
+        DEFAULT_GROUP_SIZE,
+        LAYERS,
+        _holders,
+        replace_tied,
+        tied_embedding,
+    )
     from attnlab.quantize.linear import check_group_size
 
     placed = _placement(reader, family, config, path)
@@ -464,17 +474,31 @@ def _load_quantized(
 
     # Decide every layer from the header before reading any data, so that a group size that
     # does not fit fails at once.
-    tied = _shared_weights(model)
-    plans = {}
+    holders = _holders(model)
+    plans, embeddings = {}, {}
     for name, linear in model.named_modules():
-        if type(linear) is not nn.Linear or id(linear.weight) in tied:
+        if type(linear) is not nn.Linear:
             continue
+        if len(holders[id(linear.weight)]) > 1:  # a head tied to the embedding, or kept
+            embedding = tied_embedding(holders, linear)
+            if embedding is None:
+                continue
+            embeddings[id(linear)] = embedding
         source, _ = placed[f"{name}.weight"]
         exact = gguf_blocks.EXACT.get(source.tensor_type)
+        if id(linear) in embeddings:  # see quantize(): int8 per channel, read every step
+            if mode != "gguf":
+                plans[name] = (linear, "int8", None)
+                continue
+            if exact == "int8":  # Q8_0 is group-wise int8, which has no matmul kernel
+                del embeddings[id(linear)]
+                continue
         if mode == "gguf" or (exact == mode and group_size in (None, gguf_blocks.BLOCK)):
             plans[name] = (linear, "blocks" if exact else None, None)
             continue
         size = DEFAULT_GROUP_SIZE[mode] if group_size is None else group_size
+        if group_size is None and size and linear.in_features % size:
+            size = gguf_blocks.BLOCK  # the default does not divide it: the file's block size
         try:
             check_group_size(size, linear.in_features, mode)
         except ValueError:
@@ -494,7 +518,7 @@ def _load_quantized(
             made[id(linear)] = gguf_blocks.to_layer(raw[rows], source.tensor_type, bias)
         else:
             made[id(linear)] = LAYERS[how](floats(f"{name}.weight"), bias, group_size=size)
-    replace(model, made)
+    replace_tied(model, made, {k: v for k, v in embeddings.items() if k in made})
     model = fill(model, lambda key, p: floats(key)).eval()
     release_freed_memory()
     return model

@@ -1,9 +1,14 @@
 """``quantize(model, mode)``: swap every ``nn.Linear`` of a model for a weight-only quantized one.
 
 Applied from outside the model (as gpt-fast's ``quantize.py``): the model code never knows.
-A Linear whose weight another module also holds (the GPT-2 output head tied to the token
-embedding) stays in floating point: quantizing it would either change the embedding or store
-the matrix a second time.
+An output head tied to the token embedding (GPT-2, SmolLM2) becomes int8 with one scale per
+output channel whatever the mode, and the embedding a
+:class:`~attnlab.quantize.tied.TiedEmbedding` that looks its rows up in the head's codes: the
+matrix stays stored once. It is the largest matrix a decode step reads (GPT-2: 38.6M of 124M
+parameters), so it is quantized, yet kept at 8 bits, as llama.cpp keeps its 4-bit files' token
+embedding and output at 8 bits or more: errors in it reach every token's input and every
+logit. Per channel is what PyTorch's int8 kernel takes. A Linear whose weight any other kind
+of module also holds stays in floating point.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 from torch import nn
 
 from attnlab.quantize.linear import Int4Linear, Int8Linear, _QuantizedLinear, check_group_size
+from attnlab.quantize.tied import TiedEmbedding
 
 MODES = ("int8", "int4")
 LAYERS = {"int8": Int8Linear, "int4": Int4Linear}
@@ -43,14 +49,39 @@ def check_quantize(quantize, group_size, *, choices: tuple[str, ...] = MODES) ->
         raise ValueError(f"group_size: expected an even int for int4, got {group_size}")
 
 
-def _shared_weights(model: nn.Module) -> set[int]:
-    """ids of the Linear weights that a module other than a Linear holding them also holds."""
-    holders: dict[int, set[int]] = {}
-    for module in model.modules():
+def _holders(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
+    """id of each parameter -> the (name, module) pairs holding it."""
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, module in model.named_modules():
         for p in module._parameters.values():
             if p is not None:
-                holders.setdefault(id(p), set()).add(id(module))
-    return {pid for pid, mods in holders.items() if len(mods) > 1}
+                holders.setdefault(id(p), []).append((name, module))
+    return holders
+
+
+def _shared_weights(model: nn.Module) -> set[int]:
+    """ids of the parameters that more than one module holds."""
+    return {pid for pid, mods in _holders(model).items() if len(mods) > 1}
+
+
+def tied_embedding(holders: dict, linear: nn.Linear) -> str | None:
+    """The name of the one ``nn.Embedding`` sharing ``linear``'s weight (a tied output head),
+    or None when no other module, or another kind of module, holds it."""
+    others = [(n, m) for n, m in holders.get(id(linear.weight), []) if m is not linear]
+    if len(others) == 1 and type(others[0][1]) is nn.Embedding:
+        return others[0][0]
+    return None
+
+
+def replace_tied(model: nn.Module, made: dict[int, nn.Module], embeddings: dict[int, str]) -> None:
+    """:func:`replace` the Linear layers by ``made``; then each embedding named in
+    ``embeddings`` (id of its tied Linear -> name) by a :class:`TiedEmbedding` over the layer
+    made for that Linear."""
+    tied = {}
+    modules = dict(model.named_modules())
+    for linear_id, name in embeddings.items():
+        tied[id(modules[name])] = TiedEmbedding(made[linear_id])
+    replace(model, {**made, **tied})
 
 
 def _check_skip(skip: Iterable[str]) -> tuple[str, ...]:
@@ -78,9 +109,11 @@ def quantize(
     """Quantize the weights of every ``nn.Linear`` in ``model``, in place; returns ``model``.
 
     Args:
-        model: any module; its Linear layers (attention projections, MLPs, an untied output
-            head) become :class:`Int8Linear` or :class:`Int4Linear`. A Linear sharing its
-            weight with another module (a head tied to the embedding) is left as it is.
+        model: any module; its Linear layers (attention projections, MLPs, the output head)
+            become :class:`Int8Linear` or :class:`Int4Linear`; a head tied to the embedding
+            int8 per channel in either mode, and the embedding a :class:`TiedEmbedding` over
+            its codes. A Linear sharing its weight with another kind of module is left as it
+            is.
         mode: ``"int8"`` (symmetric scales, one per output channel unless ``group_size`` is
             given) or ``"int4"`` (a scale and a zero per group of ``group_size`` input columns).
         group_size: columns sharing a scale. int4: default 128, an even divisor of every
@@ -109,8 +142,9 @@ def quantize(
             "be replaced in place; use Int8Linear.from_linear or Int4Linear.from_linear)"
         )
 
-    shared = _shared_weights(model)
+    holders = _holders(model)
     targets: dict[str, nn.Linear] = {}
+    embeddings: dict[int, str] = {}  # id of a tied head -> its embedding's name
     found = already = 0
     for name, module in model.named_modules():
         if isinstance(module, _QuantizedLinear):
@@ -118,7 +152,14 @@ def quantize(
         if not isinstance(module, nn.Linear):
             continue
         found += 1
-        if id(module.weight) in shared or any(fnmatchcase(name, p) for p in patterns):
+        if any(fnmatchcase(name, p) for p in patterns):
+            continue
+        if len(holders[id(module.weight)]) > 1:
+            embedding = tied_embedding(holders, module)
+            if embedding is None:
+                continue
+            embeddings[id(module)] = embedding
+            targets[name] = module  # int8 per channel: no group size to check
             continue
         try:
             check_group_size(group_size, module.in_features, mode)
@@ -133,13 +174,17 @@ def quantize(
         if already:
             why = f"it is already quantized ({already} quantized layers, no Linear left to do)"
         elif found:
-            why = f"all {found} nn.Linear layers are tied to another module or match skip"
+            why = f"all {found} nn.Linear layers are shared with another module or match skip"
         else:
             why = "it has no nn.Linear layers"
         raise ValueError(f"model: nothing to quantize, {why}")
 
     layer = LAYERS[mode]
-    replace(model, {id(m): layer.from_linear(m, group_size) for m in targets.values()})
+    made = {
+        id(m): Int8Linear.from_linear(m) if id(m) in embeddings else layer.from_linear(m, group_size)
+        for m in targets.values()
+    }
+    replace_tied(model, made, embeddings)
     return model
 
 
@@ -157,13 +202,19 @@ def replace(model: nn.Module, made: dict[int, nn.Module]) -> None:
 
 def layout(model: nn.Module) -> dict[str, dict]:
     """How ``model`` is quantized: module name -> ``{"mode": "int8" | "int4", "group_size": G
-    or None}`` for every quantized layer; empty for a floating-point model. JSON-ready: saved
+    or None}`` for every quantized layer, with ``"embedding": name`` for a head whose tied
+    embedding reads its codes; empty for a floating-point model. JSON-ready: saved
     with a run so that :func:`restore` builds the same layers before the weights are loaded."""
-    return {
-        name: {"mode": m.mode, "group_size": m.group_size}
-        for name, m in model.named_modules()
-        if isinstance(m, _QuantizedLinear)
+    tied = {
+        id(m.head): name for name, m in model.named_modules() if isinstance(m, TiedEmbedding)
     }
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, _QuantizedLinear):
+            out[name] = {"mode": m.mode, "group_size": m.group_size}
+            if id(m) in tied:
+                out[name]["embedding"] = tied[id(m)]
+    return out
 
 
 def restore(model: nn.Module, layers: dict, source: str = "quantization", device=None) -> nn.Module:
@@ -176,7 +227,8 @@ def restore(model: nn.Module, layers: dict, source: str = "quantization", device
     if not isinstance(layers, dict):
         raise ValueError(f"{source}: expected an object of layer name -> mode, got {layers!r:.80}")
     modules = dict(model.named_modules())
-    made = {}
+    holders = _holders(model)
+    made, embeddings = {}, {}
     for name, entry in layers.items():
         linear = modules.get(name)
         if type(linear) is not nn.Linear:
@@ -193,8 +245,16 @@ def restore(model: nn.Module, layers: dict, source: str = "quantization", device
             check_group_size(group_size, linear.in_features, mode)
         except ValueError as exc:
             raise ValueError(f"{source}: layer {name!r}: {exc}") from None
+        if "embedding" in entry:
+            embedding = entry["embedding"]
+            if embedding != tied_embedding(holders, linear):
+                raise ValueError(
+                    f"{source}: layer {name!r}: expected {embedding!r:.80} to be an "
+                    "nn.Embedding tied to it"
+                )
+            embeddings[id(linear)] = embedding
         made[id(linear)] = _empty(linear, mode, group_size, device or linear.weight.device)
-    replace(model, made)
+    replace_tied(model, made, embeddings)
     return model
 
 

@@ -69,6 +69,30 @@ INT8_HALF_K_MULTIPLE = 8
 FP32_KERNEL_MAX_ROWS = 8
 
 
+@torch.library.custom_op("attnlab::int8_mm", mutates_args=())
+def int8_mm(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    """``aten._weight_int8pack_mm`` as an opaque operator: ``torch.compile`` calls it as it is
+    instead of lowering it (Inductor's own lowering of the packed matmuls fails on bf16-rounded
+    activations in torch 2.13), and fuses everything around it."""
+    return torch.ops.aten._weight_int8pack_mm(x, weight, scales)
+
+
+@int8_mm.register_fake
+def _(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+@torch.library.custom_op("attnlab::int4_mm", mutates_args=())
+def int4_mm(x: Tensor, packed: Tensor, group_size: int, scales_and_zeros: Tensor) -> Tensor:
+    """``aten._weight_int4pack_mm_for_cpu`` as an opaque operator (see :func:`int8_mm`)."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros)
+
+
+@int4_mm.register_fake
+def _(x: Tensor, packed: Tensor, group_size: int, scales_and_zeros: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], packed.shape[0])
+
+
 def kernel_input(x2d: Tensor, op: str) -> Tensor | None:
     """The activation (rows, K) as ``op`` takes it: contiguous, fp32 rounded to bf16; None when
     the kernel must not run on it (then dequantize and multiply)."""

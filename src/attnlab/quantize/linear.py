@@ -147,18 +147,29 @@ class Int8Linear(_QuantizedLinear):
         return layer
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        n, k, g = self.out_features, self.in_features, self.group_size
-        if g is None:
-            return (self.weight_int8.float() * self.scales[:, None]).to(dtype)  # (N, K)
-        q = self.weight_int8.reshape(n, k // g, g).float()  # (N, K/G, G)
-        return (q * self.scales[..., None]).reshape(n, k).to(dtype)
+        return self._dequantize(self.weight_int8, self.scales).to(dtype)  # (N, K)
+
+    def rows(self, index: Tensor) -> Tensor:
+        """The dequantized rows ``W[index]`` (..., K) in the scales' dtype (fp32 unless the
+        model was cast), reading only those rows (the lookup of an embedding tied to this
+        layer)."""
+        return self._dequantize(self.weight_int8[index], self.scales[index])
+
+    def _dequantize(self, q: Tensor, scales: Tensor) -> Tensor:
+        """Codes (..., K) and their scales ((...,) or (..., K / G)) -> (..., K) in the scales'
+        dtype."""
+        if self.group_size is None:
+            return q.to(scales.dtype) * scales[..., None]
+        g = self.group_size
+        q = q.reshape(*q.shape[:-1], -1, g).to(scales.dtype)  # (..., K/G, G)
+        return (q * scales[..., None]).flatten(-2)
 
     def _matmul(self, x2d: Tensor) -> Tensor:
         x = None
         if self.group_size is None and kernels.use_kernel(x2d, self.OP):
             x = kernels.kernel_input(x2d, self.OP)
         if x is not None:
-            y = torch.ops.aten._weight_int8pack_mm(x, self.weight_int8, self.scales.to(x.dtype))
+            y = kernels.int8_mm(x, self.weight_int8, self.scales.to(x.dtype))
             return y.to(x2d.dtype)
         return F.linear(x2d, self.dequantize(x2d.dtype))
 
@@ -223,15 +234,25 @@ class Int4Linear(_QuantizedLinear):
 
     def codes(self) -> Tensor:
         """The int4 codes (N, K) as uint8 in 0..15."""
-        low, high = self.weight_int4 & 0xF, self.weight_int4 >> 4
-        return torch.stack([low, high], dim=-1).reshape(self.out_features, self.in_features)
+        return _unpack(self.weight_int4)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        n, k, g = self.out_features, self.in_features, self.group_size
-        q = self.codes().reshape(n, k // g, g).float()  # (N, K/G, G)
         sz = self.scales_and_zeros.transpose(0, 1)  # (N, K/G, 2)
-        w = (q - 8) * sz[..., 0:1] + sz[..., 1:2]
-        return w.reshape(n, k).to(dtype)
+        return self._dequantize(self.weight_int4, sz).to(dtype)  # (N, K)
+
+    def rows(self, index: Tensor) -> Tensor:
+        """The dequantized rows ``W[index]`` (..., K) in the scales' dtype (fp32 unless the
+        model was cast), reading only those rows (the lookup of an embedding tied to this
+        layer)."""
+        sz = self.scales_and_zeros[:, index].movedim(0, -2)  # (..., K/G, 2)
+        return self._dequantize(self.weight_int4[index], sz)
+
+    def _dequantize(self, packed: Tensor, sz: Tensor) -> Tensor:
+        """Packed codes (..., K / 2) and scales and zeros (..., K / G, 2) -> (..., K) in their
+        dtype."""
+        q = _unpack(packed)  # (..., K)
+        q = q.reshape(*q.shape[:-1], -1, self.group_size).to(sz.dtype)  # (..., K/G, G)
+        return ((q - 8) * sz[..., 0:1] + sz[..., 1:2]).flatten(-2)
 
     def kernel_fits(self) -> bool:
         """Whether PyTorch's int4 CPU kernel accepts this layer's shape and group size."""
@@ -239,6 +260,14 @@ class Int4Linear(_QuantizedLinear):
             self.group_size in kernels.INT4_KERNEL_GROUPS
             and self.out_features % kernels.INT4_KERNEL_N_MULTIPLE == 0
         )
+
+    def packed(self) -> Tensor:
+        """The codes in the int4 kernel's layout, packed on first use (call it before
+        ``torch.compile`` traces the layer, as :func:`attnlab.quantize.prepare` does)."""
+        if self._packed is None:
+            codes = self.codes().to(torch.int32)
+            self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        return self._packed
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         self._packed = None  # new codes: pack again
@@ -250,15 +279,18 @@ class Int4Linear(_QuantizedLinear):
 
     def _matmul(self, x2d: Tensor) -> Tensor:
         if self.kernel_fits() and kernels.use_kernel(x2d, self.OP):
-            if self._packed is None:
-                codes = self.codes().to(torch.int32)
-                self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
             x = kernels.kernel_input(x2d, self.OP)
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x, self._packed, self.group_size, self.scales_and_zeros.to(x.dtype)
+            y = kernels.int4_mm(
+                x, self.packed(), self.group_size, self.scales_and_zeros.to(x.dtype)
             )
             return y.to(x2d.dtype)
         return F.linear(x2d, self.dequantize(x2d.dtype))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, group_size={self.group_size}"
+
+
+def _unpack(packed: Tensor) -> Tensor:
+    """Bytes (..., K / 2) holding two codes each (even column in the low nibble) -> uint8
+    codes (..., K)."""
+    return torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2)

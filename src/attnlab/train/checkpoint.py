@@ -15,11 +15,13 @@ best validation metric; it is never deleted by the keep-last rotation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,23 @@ def model_meta(model: nn.Module) -> dict[str, Any]:
     return {"family": name, "config": dataclasses.asdict(model.config)}
 
 
+@contextlib.contextmanager
+def _contiguous(model: nn.Module) -> Iterator[None]:
+    """Every parameter contiguous while safetensors reads them (it finds tied ones through
+    flat views), then as it was: decoding stores some weights column-major
+    (:func:`attnlab.generate.drivers.prepare`)."""
+    changed = []
+    for p in model.parameters():  # a tied parameter once
+        if not p.is_contiguous():
+            changed.append((p, p.data))
+            p.data = p.data.contiguous()
+    try:
+        yield
+    finally:
+        for p, data in changed:
+            p.data = data
+
+
 def save(
     run_dir: Path,
     step: int,
@@ -110,7 +129,8 @@ def save(
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
         follow_umask(tmp)  # mkdtemp makes it private (0o700)
-        save_model(unwrap(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        with _contiguous(unwrap(model)):
+            save_model(unwrap(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         torch.save(state, tmp / "state.pt")
         meta = {**meta, "step": step, **model_meta(unwrap(model))}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

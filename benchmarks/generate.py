@@ -19,13 +19,14 @@ they agree.
   transformers fp32 (the peer) against attnlab eager (static KV cache), attnlab
   ``compile=True`` (the decode step under ``torch.compile``), and attnlab with weight-only int8
   (one scale per output channel) and int4 weights (``attnlab.quantize.quantize``; the head,
-  tied to the embedding, stays fp32). The int4 group size (32, 64 or 128) is chosen first by a
-  shorter interleaved run (``--tokens`` / 4 new tokens) and only the fastest goes into the main
-  table. Each row is also given as a fraction of this machine's memory-bandwidth limit: decoding
-  one token at B=1 reads every weight once, so the limit is (read bandwidth) / (bytes of
-  weights), where the bytes count each parameter and buffer of the model once (a tied head
-  once). The read bandwidth is the median of a 1 GiB fp32 ``sum`` (bytes read / time); a 1 GiB
-  ``copy_`` (bytes read / time, it also writes as many) is printed beside it.
+  tied to the embedding, is int8 per channel in both and the embedding reads its rows). The
+  int4 group size (32, 64 or 128) is chosen first by a shorter interleaved run (``--tokens`` / 4
+  new tokens) and only the fastest goes into the main table. Each row is also given as a
+  fraction of this machine's memory-bandwidth limit: decoding one token at B=1 reads every weight
+  once, so the limit is (read bandwidth) / (bytes of weights), where the bytes count each
+  parameter and buffer of the model once (a tied head once). The read bandwidth is the median of a
+  1 GiB fp32 ``sum`` (bytes read / time); a 1 GiB ``copy_`` (bytes read / time, it also writes as
+  many) is printed beside it.
 * ``batch``: B=8 prompts of 8 to 64 tokens, left-padded with an ``attention_mask``, greedy,
   64 new tokens: transformers' batched ``generate`` against attnlab eager and compiled.
 * ``prefill``: one 512-token prompt: a plain forward pass (``model(ids)``; transformers with

@@ -11,7 +11,8 @@ one-time cost of what loading imports lazily (torch's meta-device kernels: ~70 M
 
 Modes: ``fp32`` dequantizes every tensor; ``int8`` re-quantizes the file's Q4_1 layers per output
 channel from fp32, one tensor at a time; ``int4`` keeps the Q4_1 blocks as Int4Linear layers
-(group size 32) with no fp32 copy. In every mode the tied 49152 x 576 embedding stays fp32.
+(group size 32) with no fp32 copy. In the quantized modes the tied 49152 x 576 head is int8
+per channel (the embedding reads its rows from it); fp32 keeps it fp32.
 Copy the table into benchmarks/README.md with the machine's name.
 """
 

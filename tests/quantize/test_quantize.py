@@ -380,3 +380,33 @@ def test_quantizing_twice_is_an_error_and_changes_nothing():
     with pytest.raises(ValueError, match="already quantized"):
         quantize(model, "int4", group_size=32)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("n,k", [(16, 64), (32, 128), (48, 64), (96, 256), (80, 32)])
+def test_packing_keeps_one_copy_of_the_codes_and_gives_them_back(n, k):
+    """Once packed for the kernel the layer holds the codes in the kernel's layout only; the
+    codes, the state dict, dequantize, moves and loads see the same codes as before (the
+    kernel's layout is read back, block sizes of 16, 32 and 64 rows included)."""
+    layer = Int4Linear.from_linear(_linear(n, k), 32)
+    state = {key: v.clone() for key, v in layer.state_dict().items()}
+    weight = layer.dequantize()
+    x = torch.randn(2, k)
+    with torch.no_grad():
+        before = layer(x)
+    layer.packed()
+    assert layer._buffers["weight_int4"] is None  # one copy: the packed one
+    sd = layer.state_dict()
+    assert set(sd) == set(state)
+    assert all(torch.equal(sd[key], v) for key, v in state.items())
+    assert layer._buffers["weight_int4"] is None  # saving did not keep a second copy
+    with torch.no_grad():
+        assert torch.equal(layer(x), before)
+    assert torch.equal(layer.dequantize(), weight)  # rebuilt from the packed layout
+    layer.packed()
+    fresh = Int4Linear.from_linear(nn.Linear(k, n), 32)
+    fresh.packed()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.dequantize(), weight)
+    layer.packed()
+    layer.to(torch.float64)
+    assert torch.equal(layer.codes(), Int4Linear.from_linear(_linear(n, k), 32).codes())

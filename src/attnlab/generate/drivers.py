@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.attention.caches import Caches
+from attnlab.memory import release_freed_memory
 from attnlab.models.encoder_decoder import EncoderDecoder
 from attnlab.models.gpt import GPT
 from attnlab.quantize.linear import Int4Linear
@@ -174,8 +175,10 @@ def prepare(model: nn.Module) -> nn.Module:
     """Get ``model`` ready to decode, in place; the values, shapes and tying of every weight stay
     as they are.
 
-    * int4 layers pack their codes into the kernel's layout now, before a compiled step is
-      traced (:meth:`Int4Linear.packed`).
+    * int4 layers that run PyTorch's CPU kernel pack their codes into its layout now, before
+      a compiled step is traced, and keep them in that layout only (:meth:`Int4Linear.packed`);
+      the memory this frees goes back to the system (measured on SmolLM2 int4: 271 MiB
+      resident after a first generation without, 223 with).
     * On the CPU, an fp32 ``nn.Linear`` with more outputs than inputs (N > K: a fused QKV
       projection, an MLP's up projection, the output head) stores its weight column-major
       (``weight.t().contiguous().t()``, the layout of Hugging Face's ``Conv1D``). A decode step
@@ -188,14 +191,19 @@ def prepare(model: nn.Module) -> nn.Module:
       column-major product is 17x slower). ``weight.contiguous()`` restores the usual layout;
       attnlab's own writers (checkpoints, Hugging Face export) store the values either way.
     """
+    packed = False
     for module in model.modules():
         if isinstance(module, Int4Linear):
-            module.packed()
+            if module.kernel_ready() and module._packed is None:
+                module.packed()
+                packed = True
         elif isinstance(module, nn.Linear):
             w = module.weight
             n, k = w.shape
             if w.device.type == "cpu" and w.dtype == torch.float32 and n > k and w.stride(0) != 1:
                 w.data = w.data.t().contiguous().t()  # the same Parameter: tying is kept
+    if packed:  # the codes' old copies and the packing's temporaries back to the system
+        release_freed_memory()
     return model
 
 

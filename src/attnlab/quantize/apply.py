@@ -181,7 +181,9 @@ def quantize(
 
     layer = LAYERS[mode]
     made = {
-        id(m): Int8Linear.from_linear(m) if id(m) in embeddings else layer.from_linear(m, group_size)
+        id(m): Int8Linear.from_linear(m)
+        if id(m) in embeddings
+        else layer.from_linear(m, group_size)
         for m in targets.values()
     }
     replace_tied(model, made, embeddings)
@@ -205,9 +207,7 @@ def layout(model: nn.Module) -> dict[str, dict]:
     or None}`` for every quantized layer, with ``"embedding": name`` for a head whose tied
     embedding reads its codes; empty for a floating-point model. JSON-ready: saved
     with a run so that :func:`restore` builds the same layers before the weights are loaded."""
-    tied = {
-        id(m.head): name for name, m in model.named_modules() if isinstance(m, TiedEmbedding)
-    }
+    tied = {id(m.head): name for name, m in model.named_modules() if isinstance(m, TiedEmbedding)}
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, _QuantizedLinear):

@@ -198,8 +198,7 @@ class Int4Linear(_QuantizedLinear):
         scales = ((high - low) / 15).clamp(min=1e-6)
         zeros = low + 8 * scales  # value of code 8
         q = ((w - low[..., None]) / scales[..., None]).round().clamp(0, 15)
-        q = q.to(torch.uint8).reshape(n, k // 2, 2)  # (N, K/2, 2): two codes a byte
-        self.register_buffer("weight_int4", q[..., 0] | (q[..., 1] << 4))
+        self.register_buffer("weight_int4", _pack_pairs(q.to(torch.uint8).reshape(n, k)))
         sz = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()  # (K/G, N, 2)
         self.register_buffer("scales_and_zeros", sz)
         self._packed: Tensor | None = None  # kernel layout, built on first use
@@ -234,18 +233,18 @@ class Int4Linear(_QuantizedLinear):
 
     def codes(self) -> Tensor:
         """The int4 codes (N, K) as uint8 in 0..15."""
-        return _unpack(self.weight_int4)
+        return _unpack(self._bytes())
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         sz = self.scales_and_zeros.transpose(0, 1)  # (N, K/G, 2)
-        return self._dequantize(self.weight_int4, sz).to(dtype)  # (N, K)
+        return self._dequantize(self._bytes(), sz).to(dtype)  # (N, K)
 
     def rows(self, index: Tensor) -> Tensor:
         """The dequantized rows ``W[index]`` (..., K) in the scales' dtype (fp32 unless the
         model was cast), reading only those rows (the lookup of an embedding tied to this
         layer)."""
         sz = self.scales_and_zeros[:, index].movedim(0, -2)  # (..., K/G, 2)
-        return self._dequantize(self.weight_int4[index], sz)
+        return self._dequantize(self._bytes()[index], sz)
 
     def _dequantize(self, packed: Tensor, sz: Tensor) -> Tensor:
         """Packed codes (..., K / 2) and scales and zeros (..., K / G, 2) -> (..., K) in their
@@ -253,6 +252,15 @@ class Int4Linear(_QuantizedLinear):
         q = _unpack(packed)  # (..., K)
         q = q.reshape(*q.shape[:-1], -1, self.group_size).to(sz.dtype)  # (..., K/G, G)
         return ((q - 8) * sz[..., 0:1] + sz[..., 1:2]).flatten(-2)
+
+    def kernel_ready(self) -> bool:
+        """Whether matmuls of this layer run PyTorch's int4 CPU kernel (it is on the CPU, the
+        kernel accepts its shape and this build has it)."""
+        return (
+            self.kernel_fits()
+            and self.scales_and_zeros.device.type == "cpu"
+            and kernels.has_op(self.OP)
+        )
 
     def kernel_fits(self) -> bool:
         """Whether PyTorch's int4 CPU kernel accepts this layer's shape and group size."""
@@ -262,19 +270,44 @@ class Int4Linear(_QuantizedLinear):
         )
 
     def packed(self) -> Tensor:
-        """The codes in the int4 kernel's layout, packed on first use (call it before
-        ``torch.compile`` traces the layer, as :func:`attnlab.quantize.prepare` does)."""
+        """The codes in the int4 kernel's layout, packed on first use (before ``torch.compile``
+        traces the layer, :func:`attnlab.generate.drivers.prepare` calls it).
+
+        The packed tensor then holds the only copy of the codes: ``weight_int4`` is dropped
+        (the layer would otherwise keep its 4-bit weights twice) and rebuilt from the kernel's
+        layout where it is asked for (the state dict, :meth:`dequantize`, :meth:`rows`)."""
         if self._packed is None:
             codes = self.codes().to(torch.int32)
             self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+            self._buffers["weight_int4"] = None
         return self._packed
 
+    def _bytes(self, keep: bool = True) -> Tensor:
+        """``weight_int4`` (N, K / 2): the buffer, or rebuilt from the kernel's layout (and kept
+        as the buffer again unless ``keep`` is False)."""
+        stored = self._buffers["weight_int4"]
+        if stored is not None:
+            return stored
+        codes = _from_kernel_layout(self._packed, self.out_features, self.in_features)
+        stored = _pack_pairs(codes)
+        if keep:  # dequantizing again (a gradient through the layer) should not unpack again
+            self._buffers["weight_int4"] = stored
+        return stored
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._buffers["weight_int4"] is None:
+            destination[prefix + "weight_int4"] = self._bytes(keep=False)
+
     def _load_from_state_dict(self, *args, **kwargs) -> None:
+        if self._buffers["weight_int4"] is None:  # a buffer to load the codes into
+            self._buffers["weight_int4"] = self._packed.new_empty(self._packed.shape)
         self._packed = None  # new codes: pack again
         super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, recurse=True):
-        self._packed = None  # moved or cast: pack again from the codes
+        self._bytes()  # the codes back in their own layout, then moved or cast
+        self._packed = None  # pack again from the codes
         return super()._apply(fn, recurse)
 
     def _matmul(self, x2d: Tensor) -> Tensor:
@@ -294,3 +327,30 @@ def _unpack(packed: Tensor) -> Tensor:
     """Bytes (..., K / 2) holding two codes each (even column in the low nibble) -> uint8
     codes (..., K)."""
     return torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2)
+
+
+def _pack_pairs(codes: Tensor) -> Tensor:
+    """uint8 codes (..., K) in 0..15 -> bytes (..., K / 2), even column in the low nibble."""
+    pairs = codes.unflatten(-1, (-1, 2))
+    return pairs[..., 0] | (pairs[..., 1] << 4)
+
+
+def _from_kernel_layout(packed: Tensor, n: int, k: int) -> Tensor:
+    """The codes (N, K) uint8 that ``_convert_weight_to_int4pack_for_cpu`` packed into
+    ``packed``. That layout interleaves rows in blocks whose size follows the CPU's vector
+    width (PyTorch's int4mm_kernel.cpp), so it is found rather than assumed: packing probes
+    whose codes are the 4-bit digits of each element's flat index tells, digit by digit, which
+    element every nibble holds."""
+    total = n * k
+    flat = torch.arange(total, dtype=torch.int64).view(n, k)
+    where = torch.zeros(2, packed.numel(), dtype=torch.int64)  # low, high nibble -> flat index
+    for shift in range(0, max(total - 1, 1).bit_length(), 4):
+        probe = ((flat >> shift) & 0xF).to(torch.int32)
+        digits = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1).reshape(-1)
+        where[0] |= (digits & 0xF).long() << shift
+        where[1] |= (digits >> 4).long() << shift
+    out = torch.empty(total, dtype=torch.uint8)
+    flat_packed = packed.reshape(-1)
+    out[where[0]] = flat_packed & 0xF
+    out[where[1]] = flat_packed >> 4
+    return out.view(n, k)

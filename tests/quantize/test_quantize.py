@@ -410,3 +410,17 @@ def test_packing_keeps_one_copy_of_the_codes_and_gives_them_back(n, k):
     layer.packed()
     layer.to(torch.float64)
     assert torch.equal(layer.codes(), Int4Linear.from_linear(_linear(n, k), 32).codes())
+
+
+@pytest.mark.parametrize("layer_cls,options", [(Int8Linear, {}), (Int4Linear, {"group_size": 32})])
+def test_scales_converted_for_the_kernel_follow_a_new_state_dict(layer_cls, options):
+    """The kernel's copy of the scales (converted to the activation dtype once) is dropped when
+    new weights are loaded, so the layer computes with the new ones."""
+    torch.manual_seed(3)
+    a = layer_cls.from_linear(nn.Linear(64, 32), **options)
+    b = layer_cls.from_linear(nn.Linear(64, 32), **options)
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        a(x)  # converts and keeps a's scales
+        a.load_state_dict(b.state_dict())
+        assert torch.equal(a(x), b(x))

@@ -93,6 +93,22 @@ def _(x: Tensor, packed: Tensor, group_size: int, scales_and_zeros: Tensor) -> T
     return x.new_empty(x.shape[0], packed.shape[0])
 
 
+def int8_matmul(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    """The int8 kernel: straight to ATen when eager (the custom operator's own dispatch costs
+    about 50 us a call, measured: 11 ms of a 70 ms SmolLM2 decode step), through
+    :func:`int8_mm` while ``torch.compile`` traces."""
+    if torch.compiler.is_compiling():
+        return int8_mm(x, weight, scales)
+    return torch.ops.aten._weight_int8pack_mm(x, weight, scales)
+
+
+def int4_matmul(x: Tensor, packed: Tensor, group_size: int, scales_and_zeros: Tensor) -> Tensor:
+    """The int4 kernel, as :func:`int8_matmul` calls the int8 one."""
+    if torch.compiler.is_compiling():
+        return int4_mm(x, packed, group_size, scales_and_zeros)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros)
+
+
 def kernel_input(x2d: Tensor, op: str) -> Tensor | None:
     """The activation (rows, K) as ``op`` takes it: contiguous, fp32 rounded to bf16; None when
     the kernel must not run on it (then dequantize and multiply)."""

@@ -61,6 +61,22 @@ class _QuantizedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
+        self._cast: dict[str, Tensor] = {}  # scales in the kernel's activation dtype
+
+    def _scales_as(self, name: str, dtype: torch.dtype) -> Tensor:
+        """Buffer ``name`` in ``dtype``, converted once rather than at every call."""
+        cast = self._cast.get(name)
+        if cast is None or cast.dtype != dtype:
+            cast = self._cast[name] = getattr(self, name).to(dtype)
+        return cast
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._cast = {}  # new scales
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        self._cast = {}  # moved or cast
+        return super()._apply(fn, recurse)
 
     @property
     def weight(self) -> Tensor:
@@ -169,7 +185,7 @@ class Int8Linear(_QuantizedLinear):
         if self.group_size is None and kernels.use_kernel(x2d, self.OP):
             x = kernels.kernel_input(x2d, self.OP)
         if x is not None:
-            y = kernels.int8_mm(x, self.weight_int8, self.scales.to(x.dtype))
+            y = kernels.int8_matmul(x, self.weight_int8, self._scales_as("scales", x.dtype))
             return y.to(x2d.dtype)
         return F.linear(x2d, self.dequantize(x2d.dtype))
 
@@ -313,8 +329,8 @@ class Int4Linear(_QuantizedLinear):
     def _matmul(self, x2d: Tensor) -> Tensor:
         if self.kernel_fits() and kernels.use_kernel(x2d, self.OP):
             x = kernels.kernel_input(x2d, self.OP)
-            y = kernels.int4_mm(
-                x, self.packed(), self.group_size, self.scales_and_zeros.to(x.dtype)
+            y = kernels.int4_matmul(
+                x, self.packed(), self.group_size, self._scales_as("scales_and_zeros", x.dtype)
             )
             return y.to(x2d.dtype)
         return F.linear(x2d, self.dequantize(x2d.dtype))

@@ -241,9 +241,10 @@ def bandwidth(repeats: int = 5, gib: float = 1.0) -> dict:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of every parameter and buffer, each storage once (a tied head counts once)."""
+    """Bytes of every tensor of the state dict, each storage once (a tied head counts once; an
+    int4 layer's codes once, though after packing they live in the kernel's layout)."""
     seen: dict[int, int] = {}
-    for t in [*model.parameters(), *model.buffers()]:
+    for t in model.state_dict().values():
         storage = t.untyped_storage()
         seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())

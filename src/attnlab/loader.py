@@ -327,7 +327,8 @@ def load(
         which: for a run directory, its "best" checkpoint (the default; the latest when the run
             records no best) or its "latest".
         quantize: ``"int8"`` or ``"int4"``: weight-only quantized Linear layers (see
-            :func:`attnlab.quantize.quantize`; a tied head stays floating point). A GGUF file's
+            :func:`attnlab.quantize.quantize`; a tied head becomes int8 per channel, read by the
+            embedding too). A GGUF file's
             blocks are used as they are where they map exactly (Q8_0 for int8, Q4_0/Q4_1 for
             int4, group size 32) and ``group_size`` is None or 32; ``"gguf"`` (GGUF files only)
             keeps each layer as the file stores it, fp32 where no exact layout exists (see

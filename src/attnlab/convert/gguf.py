@@ -11,7 +11,8 @@ counterpart among attnlab's quantized layers (Q8_0 -> group-wise ``Int8Linear``,
 ``Int4Linear``, group size 32; see :mod:`attnlab.convert.gguf_blocks`) are copied block by
 block, and the rest are dequantized one tensor at a time (then kept fp32, or quantized), so the
 model is never whole in fp32. In the packaged SmolLM2-135M every Linear is Q4_1 (kept as int4);
-its token embedding is Q8_0 but tied to the output head, so it stays one fp32 matrix; its norms
+its token embedding is Q8_0 and tied to the output head: int8 per channel with ``"int8"`` and
+``"int4"`` (the embedding reads the head's rows), one fp32 matrix with ``"gguf"``; its norms
 are F32.
 
 The ``gguf`` package's reader trusts the counts in the file: an array that claims 2**40 items

@@ -59,11 +59,6 @@ def _holders(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
     return holders
 
 
-def _shared_weights(model: nn.Module) -> set[int]:
-    """ids of the parameters that more than one module holds."""
-    return {pid for pid, mods in _holders(model).items() if len(mods) > 1}
-
-
 def tied_embedding(holders: dict, linear: nn.Linear) -> str | None:
     """The name of the one ``nn.Embedding`` sharing ``linear``'s weight (a tied output head),
     or None when no other module, or another kind of module, holds it."""

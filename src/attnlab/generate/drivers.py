@@ -177,8 +177,9 @@ def prepare(model: nn.Module) -> nn.Module:
 
     * int4 layers that run PyTorch's CPU kernel pack their codes into its layout now, before
       a compiled step is traced, and keep them in that layout only (:meth:`Int4Linear.packed`);
-      the memory this frees goes back to the system (measured on SmolLM2 int4: 271 MiB
-      resident after a first generation without, 223 with).
+      the memory this frees goes back to the system (measured on SmolLM2 int4, resident
+      above the process's start: 271 MiB after a first generation, 223 once freed memory was
+      handed back).
     * On the CPU, an fp32 ``nn.Linear`` with more outputs than inputs (N > K: a fused QKV
       projection, an MLP's up projection, the output head) stores its weight column-major
       (``weight.t().contiguous().t()``, the layout of Hugging Face's ``Conv1D``). A decode step

@@ -184,8 +184,13 @@ def _config_from_dict(config_cls, values: dict, where: Path):
     """``config_cls(**values)`` with unknown fields named (with the closest valid one)."""
     import dataclasses
 
+    from attnlab.models import upgrade_config
     from attnlab.models.presets import closest
 
+    try:
+        values = upgrade_config(values)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     names = [f.name for f in dataclasses.fields(config_cls)]
     unknown = [k for k in values if k not in names]
     if unknown:

@@ -92,7 +92,7 @@ def test_a_vit_shows_a_digit(tmp_path):
     pytest.importorskip("sklearn")
     torch.manual_seed(0)
     config = ViTConfig(
-        image_size=8, patch_size=4, channels=1, num_classes=10, n_layer=1, n_head=2, dim=16,
+        image_size=8, patch_size=4, channels=1, num_labels=10, n_layer=1, n_head=2, dim=16,
         hidden=32,
     )  # fmt: skip
     run = _run(tmp_path, ViT(config))

@@ -215,7 +215,7 @@ def test_bad_heads_requests_are_one_line_errors(gpt_run, tmp_path):
         "--sort: expected one of entropy, distance, sink, previous",
     )
     one_line_error(_invoke("heads", tmp_path / "nothing", "--text", "ab"), "nothing")
-    config = ViTConfig(image_size=8, patch_size=4, channels=1, num_classes=3, n_layer=1,
+    config = ViTConfig(image_size=8, patch_size=4, channels=1, num_labels=3, n_layer=1,
                        n_head=2, dim=16, hidden=32)  # fmt: skip
     vit_run = save_run(ViT(config).eval(), None, tmp_path / "vit")
     one_line_error(_invoke("heads", vit_run, "--text", "ab"), "has no tokenizer")

@@ -142,7 +142,7 @@ def test_translation_model_is_marian_with_permuted_channels(tmp_path):
     # Marian's sinusoids are attnlab's with the sines first: channel c holds attnlab's PERM[c].
     c = ours.config.dim
     perm = torch.cat([torch.arange(0, c, 2), torch.arange(1, c, 2)])
-    table = ours.pos(torch.arange(16))
+    table = ours.src_pos(torch.arange(16))
     marian = theirs.model.encoder.embed_positions.weight[:16]
     torch.testing.assert_close(marian, table[:, perm], atol=1e-6, rtol=0)
     # Greedy decoding agrees token for token.
@@ -172,7 +172,7 @@ def test_encoder_decoders_marian_cannot_hold_are_refused(fields, reason, tmp_pat
 
 @pytest.mark.parametrize("share", [True, False])
 def test_untied_and_unshared_encoder_decoders_export_exactly(share, tmp_path):
-    fields = {**TINY["translate"], "tie_output": False, "share_embeddings": share}
+    fields = {**TINY["translate"], "tie_embeddings": False, "share_embeddings": share}
     if not share:
         fields["tgt_vocab_size"] = V + 6
     ours = randomize(from_preset("transformer-base", **fields, dropout=0.0))
@@ -182,5 +182,5 @@ def test_untied_and_unshared_encoder_decoders_export_exactly(share, tmp_path):
     for a, b in zip(_our_outputs(ours), _their_outputs(theirs), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
     again = load_hf(tmp_path)
-    assert again.config.share_embeddings is share and again.config.tie_output is False
+    assert again.config.share_embeddings is share and again.config.tie_embeddings is False
     assert all(torch.equal(again.state_dict()[k], v) for k, v in ours.state_dict().items())

@@ -72,7 +72,7 @@ def test_save_refuses_a_model_no_family_can_hold(tmp_path):
     with pytest.raises(ValueError, match="model: cannot be written") as info:
         save_hf(model, tmp_path / "out")
     message = str(info.value)
-    assert "as GPT-2: position='alibi' (GPT-2 needs 'learned'), qk_norm=True" in message
+    assert "as GPT-2: qk_norm=True (GPT-2 needs False), position='alibi' (GPT-2 needs " in message
     assert "as Llama: norm='layernorm' (Llama needs 'rmsnorm')" in message
     assert not (tmp_path / "out").exists()  # refused before anything is written
 

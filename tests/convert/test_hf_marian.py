@@ -68,7 +68,13 @@ def test_marian_logits_and_greedy_output_equal_transformers(hf_dir):
     assert isinstance(ours, EncoderDecoder)
     c = ours.config
     assert (c.n_layer, c.n_decoder_layer, c.dim, c.hidden, c.activation) == (2, 3, 32, 48, "relu")
-    assert (c.pad_id, c.bos_id, c.eos_id, c.share_embeddings, c.tie_output) == (0, 1, 2, True, True)
+    assert (c.pad_id, c.bos_id, c.eos_id, c.share_embeddings, c.tie_embeddings) == (
+        0,
+        1,
+        2,
+        True,
+        True,
+    )
     ids, mask, target = _batch()
     with torch.no_grad():
         want = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=target).logits

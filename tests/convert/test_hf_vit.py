@@ -37,7 +37,7 @@ def hf_dir(tmp_path_factory):
 def test_vit_logits_and_attentions_equal_transformers(hf_dir):
     directory, hf = hf_dir
     ours = load_hf(directory)
-    assert isinstance(ours, ViT) and ours.config.num_classes == 5
+    assert isinstance(ours, ViT) and ours.config.num_labels == 5
     images = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         want = hf(pixel_values=images, output_attentions=True)
@@ -67,7 +67,7 @@ def test_vit_round_trip_is_exact(hf_dir, tmp_path):
 def test_attnlab_vit_loads_in_transformers(tmp_path):
     torch.manual_seed(0)
     ours = ViT(
-        ViTConfig(image_size=8, patch_size=4, channels=1, num_classes=3, n_layer=2, n_head=2,
+        ViTConfig(image_size=8, patch_size=4, channels=1, num_labels=3, n_layer=2, n_head=2,
                   dim=16, hidden=32)
     ).eval()  # fmt: skip
     save_hf(ours, tmp_path)

@@ -555,7 +555,7 @@ def _huge_width(directory: Path):
 def _huge_image(directory: Path):
     """A ViT of 2**20-pixel images (2**36 patches): the position table was allocated before it
     was compared with the stored one; now shapes are compared on the meta device."""
-    model = ViT(ViTConfig(image_size=8, patch_size=4, channels=1, num_classes=3, n_layer=1,
+    model = ViT(ViTConfig(image_size=8, patch_size=4, channels=1, num_labels=3, n_layer=1,
                           n_head=2, dim=16, hidden=32))  # fmt: skip
     _edit_config(save_hf(model, directory), image_size=2**20)
     return (

@@ -229,7 +229,7 @@ def test_bert_with_padding_weights_equal_the_reference(backend):
 @pytest.mark.parametrize("backend", FUSED)
 def test_vit_weights_equal_the_reference(backend):
     c = ViTConfig(
-        image_size=8, patch_size=4, channels=1, num_classes=3, n_layer=2, n_head=2, dim=16,
+        image_size=8, patch_size=4, channels=1, num_labels=3, n_layer=2, n_head=2, dim=16,
         hidden=32, backend=backend,
     )  # fmt: skip
     model = ViT(c).eval()

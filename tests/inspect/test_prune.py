@@ -70,7 +70,7 @@ def bert(head: str = "classify") -> BERT:
 
 def vit() -> ViT:
     config = ViTConfig(
-        image_size=8, patch_size=4, channels=1, num_classes=5, n_layer=2, n_head=4, dim=32,
+        image_size=8, patch_size=4, channels=1, num_labels=5, n_layer=2, n_head=4, dim=32,
         hidden=64, backend="sdpa",
     )  # fmt: skip
     return ViT(config).eval()

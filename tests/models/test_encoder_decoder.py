@@ -82,7 +82,7 @@ def test_equals_torch_transformer_layers(prenorm):
     src_mask[1, 6:] = 0
     with torch.no_grad():
         got = model(src, src_mask, decoder_input_ids=tgt)
-        positions = model.pos(torch.arange(9))
+        positions = model.src_pos(torch.arange(9))
         src_x = model.src_tok(src) * math.sqrt(c.dim) + positions
         tgt_x = model.tgt_tok(tgt) * math.sqrt(c.dim) + positions[:7]
         memory = enc(src_x, src_key_padding_mask=src_mask == 0)

@@ -88,7 +88,7 @@ def encoder_decoder_case():
 
 def vit_case():
     config = ViTConfig(
-        image_size=8, patch_size=2, channels=1, num_classes=5, n_layer=2, n_head=4, dim=32,
+        image_size=8, patch_size=2, channels=1, num_labels=5, n_layer=2, n_head=4, dim=32,
         hidden=64,
     )  # fmt: skip
     return ViT(config), (torch.randn(4, 1, 8, 8),), {"labels": torch.tensor([0, 1, 2, 4])}

@@ -121,7 +121,10 @@ def test_hidden_states_and_tied_head():
             r"\(did you mean 'n_layer'\?\)",
         ),
         (lambda: GPTConfig(n_head=12, n_kv_head=5), "n_kv_head: expected a divisor of n_head=12"),
-        (lambda: GPTConfig(position="sinusoid"), "position: expected one of learned, rope, alibi"),
+        (
+            lambda: GPTConfig(position="sinusoid"),
+            r"position: unknown position 'sinusoid' \(did you mean 'sinusoidal'\?\)",
+        ),
         (lambda: GPTConfig(dim=100), "dim: expected a multiple of n_head=12, got 100"),
         (lambda: _model("gpt2")(torch.randn(1, 3)), r"input_ids: expected integer ids \(B, T\)"),
         (lambda: _model("gpt2")(torch.zeros(1, 65, dtype=torch.long)), "exceed max_len=64"),

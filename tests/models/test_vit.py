@@ -11,7 +11,7 @@ TINY = {
     "image_size": 8,
     "patch_size": 2,
     "channels": 1,
-    "num_classes": 4,
+    "num_labels": 4,
     "n_layer": 2,
     "n_head": 2,
     "dim": 16,

@@ -195,4 +195,4 @@ def test_translate_smoke(tmp_path):
 def test_vit_digits_smoke(tmp_path):
     out, result = _smoke(tmp_path, "vit-digits", "model.n_layer=1")
     assert "accuracy" in result.output
-    assert checkpoint.load_model(out).config.num_classes == 10
+    assert checkpoint.load_model(out).config.num_labels == 10

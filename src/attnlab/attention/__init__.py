@@ -1,6 +1,6 @@
 """Attention: one ``attend()`` call over every backend, masks, biases and attention modules."""
 
-from attnlab.attention import bias, masks
+from attnlab.attention import bias, kinds, masks
 from attnlab.attention.api import attend, explain
 from attnlab.attention.backends import (
     Backend,
@@ -11,12 +11,13 @@ from attnlab.attention.backends import (
 )
 from attnlab.attention.bias import ALiBi, Bias, RelativePositionBias, alibi
 from attnlab.attention.kv_cache import KVCache
-from attnlab.attention.linear import PerformerAttention, linear_attention
+from attnlab.attention.linear import LinearAttention, PerformerAttention, linear_attention
 from attnlab.attention.local import local_attention
 from attnlab.attention.lowrank import LinformerAttention
 from attnlab.attention.masks import Mask
 from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.attention.scores import make_score, register_score
+from attnlab.attention.state_cache import StateCache
 
 __all__ = [
     "ALiBi",
@@ -24,17 +25,20 @@ __all__ = [
     "Bias",
     "Capabilities",
     "KVCache",
+    "LinearAttention",
     "LinformerAttention",
     "Mask",
     "MultiHeadAttention",
     "PerformerAttention",
     "RelativePositionBias",
+    "StateCache",
     "alibi",
     "attend",
     "backend_names",
     "bias",
     "explain",
     "get_backend",
+    "kinds",
     "linear_attention",
     "local_attention",
     "make_score",

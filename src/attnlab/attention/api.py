@@ -86,7 +86,9 @@ def explain(
     return_weights: bool = False,
 ) -> dict[str, list[str]]:
     """For the same arguments as :func:`attend`: each backend's reasons to refuse, in the order
-    "auto" tries them (an empty list means the backend can run the call)."""
+    "auto" tries them (an empty list means the backend can run the call), then those of each
+    attention kind that is not softmax over a backend (:mod:`attnlab.attention.kinds`:
+    "linear", "performer", "linformer"), which honour fewer masks and no bias."""
     call = make_call(
         q,
         k,
@@ -97,4 +99,13 @@ def explain(
         dropout_p=dropout_p,
         return_weights=return_weights,
     )
-    return dispatch.explain(call)
+    from attnlab.attention import kinds  # kinds build on this module's backends
+
+    reasons = dispatch.explain(call)
+    for name, kind in kinds.KINDS.items():
+        if not kind.scores:
+            why = kind.mask_reasons(call.mask)
+            if call.bias is not None:
+                why.append("score biases not supported (it has no scores)")
+            reasons[name] = why
+    return reasons

@@ -16,6 +16,10 @@ Kinds (the registry ``CACHE_KINDS``):
   memory bounded by the window, attention limited to it (a sliding window of ``window`` keys,
   the query's own included).
 
+Kernel attention (linear, Performer) keeps a running state instead of keys and values
+(:class:`attnlab.attention.state_cache.StateCache`, kind ``"state"``), whatever kind is asked
+for: it is bound like a slotted cache.
+
 Slotted caches (static, ring) need to know where each new token goes: the model asks
 :meth:`Caches.bind` for per-layer views carrying this call's cache positions and which tokens
 are real, and each attention module calls ``attention_inputs(k, v)`` on its view, which writes
@@ -30,9 +34,10 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.attention.kv_cache import KVCache
+from attnlab.attention.state_cache import StateCache
 from attnlab.attention.static_cache import CacheView, RingKVCache, StaticKVCache
 
-SlotCache = StaticKVCache | RingKVCache
+SlotCache = StaticKVCache | RingKVCache | StateCache
 
 
 class BoundCache:
@@ -47,6 +52,15 @@ class BoundCache:
     def attention_inputs(self, k: Tensor, v: Tensor) -> CacheView:
         """Write k (B, Hkv, T, D), v (B, Hkv, T, Dv) and return what to attend over."""
         return self.cache.attention_inputs(k, v, self.positions, valid=self.valid)
+
+    @property
+    def recurrent(self) -> bool:
+        """True for a running state (kernel attention): :meth:`step`, not attention inputs."""
+        return isinstance(self.cache, StateCache)
+
+    def step(self, kernel: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Kernel attention of this call's tokens over the running state (which they join)."""
+        return self.cache.step(kernel, q, k, v, self.positions, self.valid)
 
 
 def _dynamic(batch: int, kv_heads: int, max_len: int, head_dim: int, *, window, **kw) -> KVCache:
@@ -111,18 +125,21 @@ class Caches(nn.Module):
     @property
     def kind(self) -> str:
         first = self.layers[0]
+        if isinstance(first, StateCache):
+            return "state"
         if isinstance(first, RingKVCache):
             return "ring"
         return "static" if isinstance(first, StaticKVCache) else "dynamic"
 
     @property
     def batch(self) -> int:
-        return self.layers[0].k.shape[0]
+        return self.layers[0].lengths.shape[0] if self.slotted else self.layers[0].k.shape[0]
 
     @property
     def max_len(self) -> int:
         """Positions the caches can hold (the window for a ring cache)."""
-        return self.layers[0].k.shape[2]
+        first = self.layers[0]
+        return first.max_len if isinstance(first, StateCache) else first.k.shape[2]
 
     def __getitem__(self, i: int) -> nn.Module:
         return self.layers[i]
@@ -166,6 +183,8 @@ class Caches(nn.Module):
     def truncate(self, n: int | Tensor) -> None:
         """Forget positions >= n (an int or (B,) per row) in every layer (static caches)."""
         for cache in self.layers:
+            if isinstance(cache, StateCache):
+                cache.truncate(n)  # explains why it cannot
             if not isinstance(cache, StaticKVCache):
                 raise TypeError(f"truncate: expected a static cache, this one is {self.kind}")
             cache.truncate(n)

@@ -188,6 +188,12 @@ def make_call(
     return AttentionCall(q, k, v, mask, bias, float(scale), float(dropout_p), bool(return_weights))
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sums over keys (scores, softmax statistics, running sums, gradients) are computed in at
+    least float32; float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _check_devices(name: str, tensors: list[Tensor], device: torch.device) -> None:
     for t in tensors:
         if t.device != device:

@@ -24,9 +24,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.attention.linear import _check_qkv, _key_valid_mask
+from attnlab.attention import masks
+from attnlab.attention.call import make_call
+from attnlab.attention.masks import Mask
 
-__all__ = ["LinformerAttention"]
+__all__ = ["LinformerAttention", "mask_reasons"]
+
+CAUSAL_REASON = (
+    "Linformer cannot be causal: each projected key/value row mixes all positions, future ones "
+    "included, so no causal mask can apply after the projection"
+)
+
+
+def mask_reasons(mask: Mask | None) -> list[str]:
+    """Why Linformer cannot honour ``mask``; empty when it can (None, masks of which keys
+    exist, and ``&`` of those)."""
+    reasons = masks.causal_and_keys_reasons(mask)
+    if masks.includes_causal(mask):
+        reasons.append(CAUSAL_REASON)
+    return reasons
 
 
 class LinformerAttention(nn.Module):
@@ -43,8 +59,10 @@ class LinformerAttention(nn.Module):
             their default). An int gives every key/value head its own E and F of shape
             (n_heads, r, L); then k must have exactly n_heads heads (Hkv == n_heads).
         share_kv: use one matrix for both keys and values, F = E (§4 "key-value sharing").
-        causal: must be False. Projecting along the sequence mixes all Tk positions, future ones
-            included, into every projected row, so no causal mask can be applied afterwards.
+
+    Masks: only which keys exist (padding). A causal mask is refused: projecting along the
+    sequence mixes all Tk positions, future ones included, into every projected row, so no
+    causal mask can be applied afterwards.
 
     Parameters E (and F unless ``share_kv``): (r, L), or (n_heads, r, L), initialised
     N(0, 1/r). This is the Johnson-Lindenstrauss projection of the paper's analysis (§3,
@@ -52,7 +70,7 @@ class LinformerAttention(nn.Module):
     |E x| ≈ |x|, so at initialisation k' and v' carry the energy of k and v and the logits
     q·k' keep the scale of q·k (not shrunk by a 1/sqrt(L) init into a uniform softmax).
 
-    Padding: keys/values at positions >= key_lengths[b] are zeroed before projecting, so their
+    Padding: keys/values a padding mask excludes are zeroed before projecting, so their
     content has no effect. Their columns still exist, which makes padded attention only as exact
     as the projection (it is not the same as masking those keys in softmax attention).
 
@@ -72,22 +90,15 @@ class LinformerAttention(nn.Module):
         *,
         n_heads: int | None = None,
         share_kv: bool = False,
-        causal: bool = False,
     ) -> None:
         super().__init__()
-        if causal:
-            raise ValueError(
-                "causal=True is not supported by LinformerAttention: expected causal=False, got "
-                "True. Each projected key/value row mixes all Tk positions, future ones "
-                "included, so no causal mask can be applied after the projection."
-            )
         for name, val in (("max_len", max_len), ("rank", rank)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive int; got {val!r}")
+                raise ValueError(f"{name}: expected a positive int, got {val!r}")
         if n_heads is not None and (
             isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1
         ):
-            raise ValueError(f"n_heads must be None or a positive int; got {n_heads!r}")
+            raise ValueError(f"n_heads: expected None or a positive int, got {n_heads!r}")
         self.max_len = max_len
         self.rank = rank
         self.n_heads = n_heads
@@ -100,27 +111,36 @@ class LinformerAttention(nn.Module):
         else:
             self.F = nn.Parameter(torch.randn(shape) * std)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None) -> Tensor:
         """q (B, H, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, H, Tq, Dv).
 
-        key_lengths: (B,) integer tensor; keys/values at positions >= key_lengths[b] are zeroed
-        before the projection.
+        mask: None or masks of which keys exist (``masks.padding(lengths)``, a boolean tensor
+        (B or 1, 1, 1, Tk)); their keys/values are zeroed before the projection. Errors for bad
+        inputs are those of :func:`attnlab.attention.attend`.
         """
-        B, H, Hkv, Tq, Tk, D, Dv = _check_qkv(q, k, v)
+        call = make_call(
+            q, k, v, mask=mask, bias=None, scale=None, dropout_p=0.0, return_weights=False
+        )
+        reasons = mask_reasons(call.mask)
+        if reasons:
+            raise ValueError("mask: " + "; ".join(reasons))
+        _, valid = masks.causal_and_keys(call.mask, call.batch, call.tk, call.device)
+        B, H, Hkv, Tq, Tk = call.batch, call.heads, call.kv_heads, call.tq, call.tk
+        D, Dv = q.shape[3], v.shape[3]
         if Tk > self.max_len:
             raise ValueError(
-                f"max_len too small for these keys: expected Tk <= max_len = {self.max_len}, "
-                f"got Tk={Tk} (k.shape[2]); construct LinformerAttention with max_len >= {Tk}"
+                f"k: expected at most max_len = {self.max_len} keys, got Tk={Tk} "
+                f"(k.shape[2]); construct LinformerAttention with max_len >= {Tk}"
             )
         if self.n_heads is not None and Hkv != self.n_heads:
             raise ValueError(
-                f"n_heads={self.n_heads} gives one projection per key/value head: expected "
+                f"k: n_heads={self.n_heads} gives one projection per key/value head; expected "
                 f"Hkv == {self.n_heads}, got Hkv={Hkv} (k.shape[1])"
             )
-        if key_lengths is not None:
-            valid = _key_valid_mask(key_lengths, B, Tk, k.device)[:, None, :, None]  # (B,1,Tk,1)
-            k = torch.where(valid, k, 0)
-            v = torch.where(valid, v, 0)
+        if valid is not None:
+            keep = valid[:, None, :, None]  # (B, 1, Tk, 1)
+            k = torch.where(keep, k, 0)
+            v = torch.where(keep, v, 0)
         E = self.E[..., :Tk].to(k.dtype)  # (r, Tk) or (Hkv, r, Tk)
         Fm = E if self.F is None else self.F[..., :Tk].to(v.dtype)
         eq = "rt,bhtd->bhrd" if self.n_heads is None else "hrt,bhtd->bhrd"

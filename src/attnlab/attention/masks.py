@@ -415,3 +415,75 @@ def value_key(mask: Mask) -> Mask | None:
 def head_dependent(mask: Mask) -> bool:
     """True when some part of the mask varies across heads (a user tensor with H > 1)."""
     return any(isinstance(m, _FromTensor) and m.tensor.shape[1] > 1 for m in _leaves(mask))
+
+
+# -- masks as a prefix sum sees them -------------------------------------------------------------
+def _describe(mask: Mask) -> str:
+    names = {
+        _SlidingWindow: "a sliding window",
+        _PrefixLM: "a prefix-LM mask",
+        _Document: "a document mask",
+        _Not: "a negated mask",
+    }
+    if isinstance(mask, _Combined) and mask.op == "|":
+        return "a union of masks (a | b)"
+    if isinstance(mask, _FromTensor):
+        return (
+            f"a boolean tensor of shape {tuple(mask.tensor.shape)}, not (B or 1, 1, 1, Tk) "
+            "(it may vary along heads or queries),"
+        )
+    return names.get(type(mask), type(mask).__name__)
+
+
+def _causal_and_key_leaves(mask: Mask) -> tuple[bool, list[Mask], list[Mask]]:
+    """Split an ``&``-combination into (causal?, key-only leaves, leaves of any other form)."""
+    if isinstance(mask, _Combined) and mask.op == "&":
+        ca, ka, ba = _causal_and_key_leaves(mask.a)
+        cb, kb, bb = _causal_and_key_leaves(mask.b)
+        return ca or cb, ka + kb, ba + bb
+    if isinstance(mask, _Causal):
+        return True, [], []
+    if isinstance(mask, _Padding):
+        return False, [mask], []
+    if isinstance(mask, _FromTensor) and mask.tensor.shape[1] == mask.tensor.shape[2] == 1:
+        return False, [mask], []  # (B or 1, 1, 1, Tk): which keys exist, the same for all rows
+    return False, [], [mask]
+
+
+def causal_and_keys_reasons(mask: Mask | None) -> list[str]:
+    """Why ``mask`` is not "causal (or not) & which keys exist": the only masks a prefix sum over
+    keys can honour (linear attention, Performer). Empty when it is of that form."""
+    if mask is None:
+        return []
+    _, _, other = _causal_and_key_leaves(mask)
+    return [
+        f"{_describe(m)} is not supported: a running sum over keys honours only a causal mask "
+        "and masks of which keys exist (padding), combined with &"
+        for m in other
+    ]
+
+
+def includes_causal(mask: Mask | None) -> bool:
+    """True when ``mask`` is the causal mask or an ``&``-combination that includes it."""
+    return mask is not None and _causal_and_key_leaves(mask)[0]
+
+
+def causal_and_keys(
+    mask: Mask | None, batch: int, tk: int, device: torch.device | str
+) -> tuple[bool, Tensor | None]:
+    """``mask`` as (causal, valid keys (B, Tk) bool or None when all are valid); ValueError with
+    the reason when it is not of that form (see :func:`causal_and_keys_reasons`)."""
+    if mask is None:
+        return False, None
+    reasons = causal_and_keys_reasons(mask)
+    if reasons:
+        raise ValueError("mask: " + "; ".join(reasons))
+    is_causal, keys, _ = _causal_and_key_leaves(mask)
+    valid = None
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+    kv_idx = torch.arange(tk, device=device)
+    for m in keys:
+        # One query row of the tile is enough: these masks do not depend on the query.
+        row = m.block(batch, zero, kv_idx, tk - 1)[:, 0, 0, :].expand(batch, tk)  # (B, Tk)
+        valid = row if valid is None else valid & row
+    return is_causal, valid

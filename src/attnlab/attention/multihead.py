@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.attention import bias as bias_lib
+from attnlab.attention import kinds
 from attnlab.attention import masks as mask_lib
 from attnlab.attention.bias import Bias, RelativePositionBias
 from attnlab.attention.caches import BoundCache, make_layer_cache
@@ -28,6 +29,8 @@ from attnlab.attention.kv_cache import KVCache
 from attnlab.attention.masks import Mask
 from attnlab.attention.points import make_points
 from attnlab.attention.scores import make_score
+from attnlab.attention.state_cache import StateCache
+from attnlab.attention.static_cache import position_mask
 from attnlab.attention.weights import PatternSource
 from attnlab.position.rope import RotaryEmbedding
 
@@ -52,6 +55,12 @@ class MultiHeadAttention(nn.Module):
             applied in self-attention only (cross-attention spans two sequences).
         score: scoring function name: "dot", "general", "cosine", "euclidean", "additive".
         backend: attention backend name, or "auto".
+        attention: the kind of attention (:mod:`attnlab.attention.kinds`): "softmax",
+            "local", "linear", "performer", "linformer"; it applies to self-attention
+            (cross-attention relates two sequences and stays softmax).
+        options: what the kind reads: ``window`` (local), ``n_features`` (performer),
+            ``rank`` and ``max_len`` (linformer), ``causal`` (local: a causal window, default
+            True; False for encoders).
     """
 
     POINTS = ("q", "k", "v", "pattern", "z", "out")
@@ -70,6 +79,8 @@ class MultiHeadAttention(nn.Module):
         position: Position = None,
         score: str = "dot",
         backend: str = "auto",
+        attention: str = "softmax",
+        options: dict | None = None,
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -103,6 +114,18 @@ class MultiHeadAttention(nn.Module):
             )
         self.position = position
         self.score = make_score(score, head_dim=head_dim, n_kv_heads=n_kv_heads)
+        self.kind = kinds.get_kind(attention)
+        if not self.kind.scores and (
+            score != "dot" or isinstance(position, Bias | RelativePositionBias)
+        ):
+            raise ValueError(
+                f"attention: {attention!r} has no scores for a score function or a position "
+                "bias to act on; expected score='dot' and no ALiBi or T5 position"
+            )
+        self.args = kinds.KindArgs(head_dim, n_heads, n_kv_heads, **(options or {}))
+        # The module that runs a non-softmax kind (its parameters and buffers, if any, are
+        # this module's); None for softmax and local attention.
+        self.kernel = self.kind.build(self.args)
         make_points(self, self.POINTS)
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
@@ -173,18 +196,33 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if isinstance(mask, Tensor):
             mask = mask_lib.from_tensor(mask)
+        own = context is None  # this module's kind applies to self-attention
+        window = self.args.window if own and self.kind.name == "local" else None
+        if slotted and cache.recurrent:
+            if self.kernel is None or not own:
+                raise TypeError("cache: a running state serves kernel attention only")
+            out = cache.step(self.kernel, q, k, v)  # (B, H, T, Dh); the state has no pattern
+            return self._output(out)
         if slotted:
             view = cache.attention_inputs(k, v)  # (B, Hkv, S, Dh) each, mask (B, 1, T, S)
             k, v = view.k, view.v
             mask = view.mask if mask is None else view.mask & mask
+            if window is not None:  # keys sit in slots: the window follows their positions
+                mask = mask & position_mask(view.key_positions, cache.positions, window=window)
             if bias is not None:  # keys sit in slots: the bias follows their positions
                 q_pos = cache.positions if cache.positions.dim() == 2 else cache.positions[None]
                 bias = bias_lib.from_tensor(
                     bias.between(self.n_heads, q_pos, view.key_positions)
                 )  # (B, H, T, S)
-        elif cache is not None and not reuse:
-            k, v = cache.update(k, v)
+        else:
+            if cache is not None and not reuse:
+                k, v = cache.update(k, v)
+            if window is not None:
+                band = mask_lib.sliding_window(window, causal=self.args.causal)
+                mask = band if mask is None else band & mask
         dropout_p = self.dropout if self.training else 0.0
+        if self.kernel is not None and own:
+            return self._output(self._kernel_attention(q, k, v, mask))
         q, k, scale = self.score.prepare(q, k)
         pattern = None
         if self.hook_pattern.active:
@@ -204,11 +242,28 @@ class MultiHeadAttention(nn.Module):
                 backend=self.backend,
             )  # fmt: skip
         else:
-            # A hook replaced the pattern: the output is its weighted sum of values, eagerly,
-            # so that gradients reach the replacement (attribution, patching).
-            g = self.n_heads // self.n_kv_heads
-            weights = F.dropout(pattern, dropout_p) if dropout_p else pattern
-            out = weights.to(v.dtype) @ v.repeat_interleave(g, dim=1)  # (B, H, T, Dh)
+            out = self._replaced(pattern, v, dropout_p)
+        return self._output(out)
+
+    def _replaced(self, pattern: Tensor, v: Tensor, dropout_p: float) -> Tensor:
+        """The output of a pattern a hook replaced: its weighted sum of values, eagerly, so
+        that gradients reach the replacement (attribution, patching)."""
+        g = self.n_heads // self.n_kv_heads
+        weights = F.dropout(pattern, dropout_p) if dropout_p else pattern
+        return weights.to(v.dtype) @ v.repeat_interleave(g, dim=1)  # (B, H, T, Dh)
+
+    def _kernel_attention(self, q: Tensor, k: Tensor, v: Tensor, mask) -> Tensor:
+        """A non-softmax kind over all keys: (B, H, T, Dh). Attention-probability dropout
+        does not apply (there are no probabilities)."""
+        pattern = None
+        if self.hook_pattern.active and hasattr(self.kernel, "pattern_source"):
+            pattern = self.hook_pattern.fire(self.kernel.pattern_source(q, k, mask))
+        if pattern is not None:
+            return self._replaced(pattern, v, 0.0)
+        return self.kernel(q, k, v, mask)
+
+    def _output(self, out: Tensor) -> Tensor:
+        """Heads' outputs (B, H, T, Dh) through the hook points and the output projection."""
         z = self.hook_z(out)  # (B, H, T, Dh)
         b, _, t, _ = z.shape
         out = self.out_proj(z.transpose(1, 2).reshape(b, t, -1))  # (B, H, T, Dh) -> (B, T, C)
@@ -227,8 +282,19 @@ class MultiHeadAttention(nn.Module):
     ) -> nn.Module:
         """A KV cache of ``kind`` ("dynamic", "static", "ring"; see
         :mod:`attnlab.attention.caches`) sized for this module's key/value heads; its dtype
-        defaults to the weights'."""
+        defaults to the weights'. Kernel attention (linear, performer) gets its running state
+        (:class:`~attnlab.attention.state_cache.StateCache`) whatever the kind."""
         weight = self.k_proj.weight
+        if kinds.is_kernel(self.kernel):
+            return StateCache(
+                batch,
+                self.n_kv_heads,
+                self.kernel.feature_dim(self.head_dim),
+                self.head_dim,
+                max_len=max_len,
+                dtype=dtype or weight.dtype,
+                device=device or weight.device,
+            )
         return make_layer_cache(
             kind,
             batch,

@@ -33,6 +33,7 @@ from attnlab.attention.api import attend
 from attnlab.attention.call import make_call
 from attnlab.attention.reference import softmax_attention
 from attnlab.attention.weights import dot_logits
+from attnlab.names import unknown
 
 
 class DotProductScore(nn.Module):
@@ -146,7 +147,7 @@ class AdditiveScore(nn.Module):
 
 ScoreFactory = Callable[..., nn.Module]
 
-_SCORES: dict[str, ScoreFactory] = {
+SCORES: dict[str, ScoreFactory] = {
     "dot": lambda head_dim, n_kv_heads: DotProductScore(),
     "general": lambda head_dim, n_kv_heads: GeneralScore(head_dim, n_kv_heads),
     "cosine": lambda head_dim, n_kv_heads: CosineScore(),
@@ -157,11 +158,11 @@ _SCORES: dict[str, ScoreFactory] = {
 
 def register_score(name: str, factory: ScoreFactory) -> None:
     """Add a score: ``factory(head_dim=..., n_kv_heads=...)`` returns the module."""
-    _SCORES[name] = factory
+    SCORES[name] = factory
 
 
 def make_score(name: str, *, head_dim: int, n_kv_heads: int) -> nn.Module:
     """Build the score module called ``name`` for heads of size ``head_dim``."""
-    if name not in _SCORES:
-        raise ValueError(f"score: unknown score {name!r}; expected one of {', '.join(_SCORES)}")
-    return _SCORES[name](head_dim=head_dim, n_kv_heads=n_kv_heads)
+    if name not in SCORES:
+        raise unknown("score", "score", name, SCORES)
+    return SCORES[name](head_dim=head_dim, n_kv_heads=n_kv_heads)

@@ -75,7 +75,7 @@ def position_mask(
     qp = qp[..., None]  # (B or 1, T) -> (B or 1, T, 1)
     allowed = (kp >= 0) & (kp <= qp)  # (B, T, S)
     if window is not None:
-        _check_count(window, "window")
+        check_count(window, "window")
         allowed = allowed & (qp - kp < window)
     return mask_lib.from_tensor(allowed[:, None])  # (B, T, S) -> (B, 1, T, S)
 
@@ -105,7 +105,7 @@ class _SlotCache(nn.Module):
             ("head_dim", head_dim),
             ("v_head_dim", v_head_dim),
         ):
-            _check_count(value, name)
+            check_count(value, name)
         if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype == INT8):
             raise TypeError(
                 f"dtype: expected a floating-point torch.dtype or torch.int8, got {dtype!r}"
@@ -243,7 +243,7 @@ class _SlotCache(nn.Module):
         """Positions (B, t) continuing each row: ``lengths[:, None] + arange(t)``, a new tensor.
 
         Use it rather than a view of ``lengths``, which the next write changes in place."""
-        _check_count(t, "t")
+        check_count(t, "t")
         return self.lengths[:, None] + torch.arange(t, device=self.lengths.device)
 
     def keys_values(self) -> tuple[Tensor, Tensor]:
@@ -482,7 +482,7 @@ def _quantize(x: Tensor) -> tuple[Tensor, Tensor]:
     return (x.float() / scale).round().clamp(-127, 127).to(INT8), scale
 
 
-def _check_count(value: object, name: str) -> None:
+def check_count(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
 

@@ -31,6 +31,7 @@ from attnlab.attention.reference import masked_softmax
 TILE_ELEMENTS = 1 << 22
 
 Logits = Callable[[Tensor, Tensor, float], Tensor]
+Normalize = Callable[[Tensor, Tensor | None], Tensor]
 Selection = int | Sequence[int] | slice | range | Tensor | None
 
 
@@ -55,6 +56,9 @@ class PatternSource:
             :attr:`offset`); default Tk - Tq, right for self-attention, where the queries are
             the last Tq of the Tk positions. Cross-attention passes 0: its queries and keys
             are two sequences, each counted from its own start.
+        normalize: scores of a tile (B, h, r, Tk) and its allowed keys (B|1, 1, r, Tk) bool or
+            None -> weights; default the masked softmax. Kernel attention (linear, Performer)
+            passes its feature products as ``logits`` and divides them by their row sums.
     """
 
     def __init__(
@@ -67,9 +71,10 @@ class PatternSource:
         scale: float,
         logits: Logits = dot_logits,
         offset: int | None = None,
+        normalize: Normalize = masked_softmax,
     ) -> None:
         self.q, self.k, self.mask, self.bias, self.scale = q, k, mask, bias, scale
-        self.logits = logits
+        self.logits, self.normalize = logits, normalize
         self._offset = offset
 
     @property
@@ -127,7 +132,7 @@ class PatternSource:
             allowed = None
             if self.mask is not None:
                 allowed = self.mask.block(b, idx, kv_idx, align)  # (B|1, 1, r, Tk)
-            yield idx, masked_softmax(scores, allowed)
+            yield idx, self.normalize(scores, allowed)
 
     def weights(self, heads: Selection = None, rows: Selection = None) -> Tensor:
         """The weights (B, h, r, Tk) of the selected heads and query rows, in q's dtype."""

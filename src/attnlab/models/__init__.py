@@ -25,6 +25,23 @@ FAMILIES = (
 )
 
 
+# Config fields renamed so that every family spells a shared field alike (old -> new). Configs
+# written before (checkpoints' meta.json, runs' config.json) are read with the new names.
+RENAMED_FIELDS = {"tie_output": "tie_embeddings", "num_classes": "num_labels"}
+
+
+def upgrade_config(values: dict) -> dict:
+    """``values`` (a config as a dict) with renamed fields under their current names; a
+    ValueError when a dict holds a field under both names."""
+    out = dict(values)
+    for old, new in RENAMED_FIELDS.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"{old}: renamed to {new!r}; expected one of them, got both")
+            out[new] = out.pop(old)
+    return out
+
+
 def family(name: str) -> tuple[type[nn.Module], type]:
     """``(model class, config class)`` of the family ``name`` ("GPT", "BERT", "EncoderDecoder",
     "ViT"), the name checkpoints record; ValueError listing the families otherwise."""
@@ -89,4 +106,5 @@ __all__ = [
     "lm_loss",
     "preset_names",
     "set_backend",
+    "upgrade_config",
 ]

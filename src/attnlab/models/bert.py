@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import MLP, Block, make_norm
 from attnlab.models import presets
 from attnlab.models.checks import check_flags, check_numbers, check_sizes
@@ -29,6 +28,8 @@ from attnlab.models.output import (
     mean_pool,
     run_blocks,
 )
+from attnlab.models.positions import PositionArgs, make_positions
+from attnlab.models.variants import check_variants, self_attention
 from attnlab.position import LearnedPositionalEmbedding
 
 HEADS = ("none", "mlm", "nsp", "pretrain", "classify", "token")
@@ -51,6 +52,12 @@ class BertConfig:
     pooler: bool = True  # the [CLS] pooler (masked-LM-only checkpoints come without it)
     backend: str = "auto"  # attention backend name
     layer_heads: dict[str, dict] | None = None  # pruned attention modules -> heads kept, kv heads
+    position: str = "learned"  # none, learned, sinusoidal, rope, alibi or t5
+    attention: str = "softmax"  # softmax, local, linear, performer or linformer
+    window: int | None = None  # local attention: keys less than this many positions away
+    n_features: int | None = None  # performer: random features (None: D ln D)
+    rank: int | None = None  # linformer: projected key/value rows (None: 64)
+    score: str = "dot"  # softmax scoring: dot, general, cosine, euclidean or additive
 
     def __post_init__(self) -> None:
         check_sizes(self, "vocab_size", "max_len", "type_vocab_size", "n_layer", "n_head", "dim")
@@ -78,6 +85,7 @@ class BertConfig:
                     f"labels: expected num_labels={self.num_labels} names (one per class), got "
                     f"{len(self.labels)}: {self.labels}"
                 )
+        check_variants(self, causal=False, family="BERT")
         check_layer_heads(self, attention_names(("", self.n_layer, ["attn"])))
 
     @classmethod
@@ -98,13 +106,18 @@ class BERT(nn.Module):
         super().__init__()
         self.config = c = config
         self.tok = nn.Embedding(c.vocab_size, c.dim)
-        self.pos = LearnedPositionalEmbedding(c.max_len, c.dim)
+        head_dim = c.dim // c.n_head
+        pos = make_positions(
+            c.position,
+            PositionArgs(c.dim, head_dim, c.n_head, c.max_len, causal=False, embedding_scale=0.02),
+        )
+        self.pos = pos.embedding  # an absolute table, or None (relative positions: in attention)
         self.seg = nn.Embedding(c.type_vocab_size, c.dim)
         self.emb_norm = make_norm("layernorm", c.dim, eps=c.norm_eps)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
             Block(
-                MultiHeadAttention(c.dim, c.n_head, dropout=c.dropout, backend=c.backend),
+                self_attention(c, pos.attention, causal=False),
                 MLP(c.dim, c.hidden),
                 lambda: make_norm("layernorm", c.dim, eps=c.norm_eps),
                 prenorm=False,
@@ -148,12 +161,17 @@ class BERT(nn.Module):
     ) -> StackOutput:
         check_input_ids(input_ids)
         b, t = input_ids.shape
-        if t > self.config.max_len:
+        limited = (
+            isinstance(self.pos, LearnedPositionalEmbedding) or self.config.attention == "linformer"
+        )
+        if t > self.config.max_len and limited:
             raise ValueError(f"input_ids: {t} tokens exceed max_len={self.config.max_len}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        positions = torch.arange(t, device=input_ids.device)
-        x = self.tok(input_ids) + self.pos(positions) + self.seg(token_type_ids)
+        x = self.tok(input_ids)
+        if self.pos is not None:
+            x = x + self.pos(torch.arange(t, device=input_ids.device))
+        x = x + self.seg(token_type_ids)
         x = self.drop(self.emb_norm(x))
         return run_blocks(
             self.blocks,

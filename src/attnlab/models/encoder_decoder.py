@@ -34,7 +34,9 @@ from attnlab.models.output import (
     key_padding_mask,
     run_blocks,
 )
-from attnlab.position import SinusoidalPositionalEmbedding
+from attnlab.models.positions import PositionArgs, make_positions
+from attnlab.models.variants import check_variants, self_attention
+from attnlab.position import LearnedPositionalEmbedding
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 
@@ -43,7 +45,7 @@ ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 class TransformerConfig:
     vocab_size: int = 37000  # source vocabulary (also the target's when shared)
     tgt_vocab_size: int | None = None  # target vocabulary; None = vocab_size
-    max_len: int = 1024  # default size of decoding caches (sinusoidal positions have no limit)
+    max_len: int = 1024  # decoding caches' default size; learned positions' table length
     n_layer: int = 6  # encoder blocks
     n_decoder_layer: int | None = None  # decoder blocks; None = n_layer
     n_head: int = 8  # attention heads
@@ -54,12 +56,18 @@ class TransformerConfig:
     dropout: float = 0.1  # embeddings, attention probabilities, residual branches (P_drop)
     prenorm: bool = False  # pre-norm blocks plus final norms instead of the paper's post-norm
     share_embeddings: bool = True  # one matrix for source and target embeddings (same vocab)
-    tie_output: bool = True  # output projection shares the target embedding matrix
+    tie_embeddings: bool = True  # output projection shares the target embedding matrix
     pad_id: int = 0  # padding token (labels shifted right are padded with it)
     bos_id: int = 1  # token that starts every target sequence
     eos_id: int = 2  # token that ends a target sequence
     backend: str = "auto"  # attention backend name
     layer_heads: dict[str, dict] | None = None  # pruned attention modules -> heads kept, kv heads
+    position: str = "sinusoidal"  # none, learned, sinusoidal, rope, alibi or t5 (each stack)
+    attention: str = "softmax"  # self-attention: softmax, local, linear or performer
+    window: int | None = None  # local attention: the window of each query
+    n_features: int | None = None  # performer: random features (None: D ln D)
+    rank: int | None = None  # linformer (encoders only: refused here, the decoder is causal)
+    score: str = "dot"  # softmax scoring: dot, general, cosine, euclidean or additive
 
     def __post_init__(self) -> None:
         check_sizes(self, "vocab_size", "max_len", "n_layer", "n_head", "dim", "hidden")
@@ -68,7 +76,7 @@ class TransformerConfig:
         check_choice(self, "activation", ACTIVATIONS)
         check_numbers(self, "norm_eps")
         check_numbers(self, "dropout", high=1.0)
-        check_flags(self, "prenorm", "share_embeddings", "tie_output")
+        check_flags(self, "prenorm", "share_embeddings", "tie_embeddings")
         if self.tgt_vocab_size is None:
             self.tgt_vocab_size = self.vocab_size
         if self.n_decoder_layer is None:
@@ -86,6 +94,7 @@ class TransformerConfig:
                 raise ValueError(
                     f"{name}: expected a token id in [0, {self.tgt_vocab_size}), got {value}"
                 )
+        check_variants(self, causal=True, family="an encoder-decoder (its decoder is causal)")
         encoder = ("encoder.", self.n_layer, ["attn"])
         decoder = ("decoder.", self.n_decoder_layer, ["attn", "cross"])
         check_layer_heads(self, attention_names(encoder, decoder))
@@ -109,22 +118,29 @@ class EncoderDecoder(nn.Module):
         self.config = c = config
         self.src_tok = nn.Embedding(c.vocab_size, c.dim)
         self.tgt_tok = self.src_tok if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.dim)
-        # The table grows on demand, so rows past the first few thousand need not be computed
-        # up front: a context limit of billions (from a checkpoint's config) must not allocate.
-        self.pos = SinusoidalPositionalEmbedding(c.dim, max_len=min(c.max_len, 4096))
+        # Each stack has its own positions (T5: bidirectional buckets in the encoder, one-sided
+        # in the decoder; learned: a table each). Token embeddings are scaled by sqrt(C).
+        stacks = {
+            causal: make_positions(
+                c.position, PositionArgs(c.dim, c.dim // c.n_head, c.n_head, c.max_len, causal)
+            )
+            for causal in (False, True)
+        }
+        self.src_pos, self.tgt_pos = stacks[False].embedding, stacks[True].embedding
         self.drop = nn.Dropout(c.dropout)
 
-        def attention() -> MultiHeadAttention:
-            return MultiHeadAttention(c.dim, c.n_head, dropout=c.dropout, backend=c.backend)
-
         def block(cross: bool) -> Block:
+            # The decoder's blocks (those with cross-attention) are causal. Cross-attention is
+            # softmax without positions: they relate tokens of one sequence.
             return Block(
-                attention(),
+                self_attention(c, stacks[cross].attention, causal=cross),
                 MLP(c.dim, c.hidden, activation=c.activation),
                 lambda: make_norm("layernorm", c.dim, eps=c.norm_eps),
                 prenorm=c.prenorm,
                 dropout=c.dropout,
-                cross=attention() if cross else None,
+                cross=MultiHeadAttention(c.dim, c.n_head, dropout=c.dropout, backend=c.backend)
+                if cross
+                else None,
             )
 
         self.encoder = nn.ModuleList(block(False) for _ in range(c.n_layer))
@@ -134,7 +150,7 @@ class EncoderDecoder(nn.Module):
         self.dec_norm = make_norm("layernorm", c.dim, eps=c.norm_eps) if c.prenorm else None
         self.head = nn.Linear(c.dim, c.tgt_vocab_size, bias=False)
         self.apply(_init)
-        if c.tie_output:
+        if c.tie_embeddings:
             self.head.weight = self.tgt_tok.weight
         apply_layer_heads(self)  # pruned layers: their own heads
 
@@ -142,10 +158,26 @@ class EncoderDecoder(nn.Module):
     def from_preset(cls, name: str, **overrides) -> EncoderDecoder:
         return cls(TransformerConfig.from_preset(name, **overrides))
 
-    def _embed(self, table: nn.Embedding, ids: Tensor, positions: Tensor | None = None) -> Tensor:
+    def _embed(
+        self,
+        table: nn.Embedding,
+        pos: nn.Module | None,
+        ids: Tensor,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        x = table(ids) * math.sqrt(self.config.dim)
+        if pos is None:  # relative positions (in attention) or none
+            return self.drop(x)
         if positions is None:
             positions = torch.arange(ids.shape[1], device=ids.device)
-        return self.drop(table(ids) * math.sqrt(self.config.dim) + self.pos(positions))
+        if isinstance(pos, LearnedPositionalEmbedding) and positions.numel():
+            limit = self.config.max_len
+            if not torch.compiler.is_compiling() and int(positions.max()) >= limit:
+                raise ValueError(
+                    f"input_ids: positions up to {int(positions.max())} exceed the learned "
+                    f"positions' max_len={limit}"
+                )
+        return self.drop(x + pos(positions))
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """The encoded source (B, S, C) for ``input_ids`` (B, S) with ``attention_mask`` (B, S),
@@ -159,7 +191,7 @@ class EncoderDecoder(nn.Module):
         b, s = input_ids.shape
         stack = run_blocks(
             self.encoder,
-            self._embed(self.src_tok, input_ids),
+            self._embed(self.src_tok, self.src_pos, input_ids),
             output_attentions=output_attentions,
             mask=key_padding_mask(attention_mask, b, s),
         )
@@ -240,12 +272,13 @@ class EncoderDecoder(nn.Module):
                 self_mask = self_mask & key_padding_mask(decoder_attention_mask, b, past + t)
         stack = run_blocks(
             self.decoder,
-            self._embed(self.tgt_tok, decoder_input_ids, positions),
+            self._embed(self.tgt_tok, self.tgt_pos, decoder_input_ids, positions),
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             caches=self_caches,
             cross_caches=caches.cross if caches is not None else None,
             mask=self_mask,
+            positions=positions,
             context=encoder_hidden,
             context_mask=key_padding_mask(attention_mask, b, encoder_hidden.shape[1]),
         )

@@ -21,9 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.attention import masks
-from attnlab.attention.bias import alibi
 from attnlab.attention.caches import Caches
-from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import Block, make_mlp, make_norm
 from attnlab.layers.mlp import MLPS
 from attnlab.layers.norms import NORMS
@@ -31,9 +29,9 @@ from attnlab.models import presets
 from attnlab.models.checks import check_choice, check_flags, check_numbers, check_sizes
 from attnlab.models.heads import apply_layer_heads, attention_names, check_layer_heads
 from attnlab.models.output import ModelOutput, check_input_ids, run_blocks
-from attnlab.position import LearnedPositionalEmbedding, RotaryEmbedding
-
-POSITIONS = ("learned", "rope", "alibi")
+from attnlab.models.positions import PositionArgs, make_positions
+from attnlab.models.variants import check_variants, self_attention
+from attnlab.position import LearnedPositionalEmbedding, scaling_from_dict
 
 
 @dataclass
@@ -49,8 +47,14 @@ class GPTConfig:
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
     norm_eps: float = 1e-5  # epsilon of every norm
     mlp: str = "gelu_tanh"  # "gelu", "gelu_tanh" or "swiglu"
-    position: str = "learned"  # "learned", "rope" or "alibi"
+    position: str = "learned"  # none, learned, sinusoidal, rope, alibi or t5
     rope_base: float = 10000.0  # RoPE base (theta)
+    rope_scaling: dict | None = None  # {"kind": "yarn"|"llama3"|"dynamic"|"linear"|"ntk", ...}
+    attention: str = "softmax"  # softmax, local, linear or performer (attnlab.attention.kinds)
+    window: int | None = None  # local attention: the most recent keys each query sees
+    n_features: int | None = None  # performer: random features (None: D ln D)
+    rank: int | None = None  # linformer: projected key/value rows (encoders only)
+    score: str = "dot"  # softmax scoring: dot, general, cosine, euclidean or additive
     bias: bool = True  # biases in linear layers and LayerNorm
     tie_embeddings: bool = True  # output head shares the token embedding matrix
     qk_norm: bool = False  # RMSNorm on query/key heads
@@ -75,10 +79,12 @@ class GPTConfig:
             )
         if self.dim % self.n_head:
             raise ValueError(f"dim: expected a multiple of n_head={self.n_head}, got {self.dim}")
-        if self.position not in POSITIONS:
+        check_variants(self, causal=True, family="a decoder-only model")
+        if self.rope_scaling is not None and self.position != "rope":
             raise ValueError(
-                f"position: expected one of {', '.join(POSITIONS)}, got {self.position!r}"
+                f"rope_scaling: scales rotary positions; this config has position={self.position!r}"
             )
+        scaling_from_dict(self.rope_scaling)  # checked here, built with the model
         if self.hidden is None:
             if self.mlp == "swiglu":  # Llama: 2/3 of 4C, rounded up to a multiple
                 m = self.hidden_multiple_of
@@ -123,25 +129,26 @@ class GPT(nn.Module):
         super().__init__()
         self.config = c = config
         self.tok = nn.Embedding(c.vocab_size, c.dim)
-        self.pos = LearnedPositionalEmbedding(c.max_len, c.dim) if c.position == "learned" else None
-        if c.position == "rope":
-            position = RotaryEmbedding(c.head_dim, base=c.rope_base)  # one table, every layer
-        elif c.position == "alibi":
-            position = alibi(c.n_head)
-        else:
-            position = None
+        # One position module for the stack: an absolute table, or what every layer shares.
+        pos = make_positions(
+            c.position,
+            PositionArgs(
+                c.dim, c.head_dim, c.n_head, c.max_len, causal=True, rope_base=c.rope_base,
+                rope_scaling=scaling_from_dict(c.rope_scaling),
+                embedding_scale=0.02,  # the token embeddings' init std (see _init_weights)
+            ),
+        )  # fmt: skip
+        self.pos = pos.embedding
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
             Block(
-                MultiHeadAttention(
-                    c.dim,
-                    c.n_head,
-                    c.n_kv_head,
+                self_attention(
+                    c,
+                    pos.attention,
+                    causal=True,
+                    n_kv_heads=c.n_kv_head,
                     bias=c.bias,
                     qk_norm=c.qk_norm,
-                    dropout=c.dropout,
-                    position=position,
-                    backend=c.backend,
                 ),
                 make_mlp(c.mlp, c.dim, c.hidden, bias=c.bias),
                 lambda: make_norm(c.norm, c.dim, eps=c.norm_eps, bias=c.bias),
@@ -259,7 +266,7 @@ class GPT(nn.Module):
         """Mask and positions of a call without a cache or with a dynamic one."""
         b, t = input_ids.shape
         past = caches.length if caches is not None else 0
-        if past + t > self.config.max_len and self.pos is not None:
+        if past + t > self.config.max_len and isinstance(self.pos, LearnedPositionalEmbedding):
             raise ValueError(
                 f"input_ids: {past + t} positions exceed max_len={self.config.max_len}"
             )

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any, TypeVar
 
+from attnlab.names import closest
+
+__all__ = ["build", "closest"]
+
 C = TypeVar("C")
-
-
-def closest(name: str, choices: list[str]) -> str:
-    """' (did you mean X?)' for the nearest choice, or ''."""
-    match = difflib.get_close_matches(name, choices, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def build(config_cls: type[C], presets: dict[str, dict[str, Any]], name: str, overrides) -> C:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab.attention.multihead import MultiHeadAttention
 from attnlab.layers import MLP, Block, make_norm
 from attnlab.models import presets
 from attnlab.models.checks import check_numbers, check_sizes
@@ -27,7 +26,8 @@ from attnlab.models.output import (
     mean_pool,
     run_blocks,
 )
-from attnlab.position import LearnedPositionalEmbedding
+from attnlab.models.positions import PositionArgs, make_positions
+from attnlab.models.variants import check_variants, self_attention
 
 POOLS = ("cls", "mean")
 
@@ -37,7 +37,7 @@ class ViTConfig:
     image_size: int = 224  # height and width of the (square) input image
     patch_size: int = 16  # side P of each square patch
     channels: int = 3  # image channels Ch
-    num_classes: int = 1000  # classifier outputs L
+    num_labels: int = 1000  # classifier outputs L
     n_layer: int = 12  # encoder blocks
     n_head: int = 3  # attention heads
     dim: int = 192  # width C
@@ -47,9 +47,16 @@ class ViTConfig:
     pool: str = "cls"  # classifier input: the [CLS] vector ("cls") or the mean of patches
     backend: str = "auto"  # attention backend name
     layer_heads: dict[str, dict] | None = None  # pruned attention modules -> heads kept, kv heads
+    position: str = "learned"  # over [CLS] + patches in raster order: none, learned, sinusoidal,
+    # rope, alibi or t5
+    attention: str = "softmax"  # softmax, local, linear, performer or linformer
+    window: int | None = None  # local attention: patches less than this many positions away
+    n_features: int | None = None  # performer: random features (None: D ln D)
+    rank: int | None = None  # linformer: projected key/value rows (None: 64)
+    score: str = "dot"  # softmax scoring: dot, general, cosine, euclidean or additive
 
     def __post_init__(self) -> None:
-        check_sizes(self, "image_size", "patch_size", "channels", "num_classes", "n_layer", "dim")
+        check_sizes(self, "image_size", "patch_size", "channels", "num_labels", "n_layer", "dim")
         check_sizes(self, "n_head", "hidden")
         check_numbers(self, "norm_eps")
         check_numbers(self, "dropout", high=1.0)
@@ -62,7 +69,13 @@ class ViTConfig:
             raise ValueError(f"dim: expected a multiple of n_head={self.n_head}, got {self.dim}")
         if self.pool not in POOLS:
             raise ValueError(f"pool: expected one of {', '.join(POOLS)}, got {self.pool!r}")
+        check_variants(self, causal=False, family="ViT")
         check_layer_heads(self, attention_names(("", self.n_layer, ["attn"])))
+
+    @property
+    def max_len(self) -> int:
+        """Positions: [CLS] and the patches."""
+        return self.n_patches + 1
 
     @property
     def n_patches(self) -> int:
@@ -82,7 +95,7 @@ PRESETS: dict[str, dict] = {
         "image_size": 8,
         "patch_size": 4,
         "channels": 1,
-        "num_classes": 10,
+        "num_labels": 10,
         "n_layer": 4,
         "n_head": 4,
         "dim": 64,
@@ -101,11 +114,17 @@ class ViT(nn.Module):
         p = c.patch_size
         self.patch = nn.Conv2d(c.channels, c.dim, kernel_size=p, stride=p)
         self.cls = nn.Parameter(torch.zeros(1, 1, c.dim))
-        self.pos = LearnedPositionalEmbedding(c.n_patches + 1, c.dim)
+        pos = make_positions(
+            c.position,
+            PositionArgs(
+                c.dim, c.dim // c.n_head, c.n_head, c.max_len, False, embedding_scale=0.02
+            ),
+        )
+        self.pos = pos.embedding  # an absolute table, or None (relative positions: in attention)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
             Block(
-                MultiHeadAttention(c.dim, c.n_head, dropout=c.dropout, backend=c.backend),
+                self_attention(c, pos.attention, causal=False),
                 MLP(c.dim, c.hidden),
                 lambda: make_norm("layernorm", c.dim, eps=c.norm_eps),
                 dropout=c.dropout,
@@ -113,7 +132,7 @@ class ViT(nn.Module):
             for _ in range(c.n_layer)
         )
         self.norm = make_norm("layernorm", c.dim, eps=c.norm_eps)
-        self.head = nn.Linear(c.dim, c.num_classes)
+        self.head = nn.Linear(c.dim, c.num_labels)
         self.apply(_init)
         nn.init.normal_(self.cls, std=0.02)
         apply_layer_heads(self)  # pruned layers: their own heads
@@ -134,7 +153,9 @@ class ViT(nn.Module):
             raise ValueError(f"images: expected a floating-point tensor, got {images.dtype}")
         x = self.patch(images).flatten(2).transpose(1, 2)  # (B, C, H/P, W/P) -> (B, N, C)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.drop(x + self.pos(torch.arange(x.shape[1], device=x.device)))
+        if self.pos is not None:
+            x = x + self.pos(torch.arange(x.shape[1], device=x.device))
+        return self.drop(x)
 
     def forward(
         self,

@@ -64,6 +64,9 @@ class SinusoidalPositionalEmbedding(nn.Module):
         dim: embedding size (even).
         max_len: rows precomputed up front; later positions grow the table on demand.
         base: the wavelength base (10000 in the paper).
+        scale: multiplies every embedding. The paper adds the table to token embeddings
+            scaled up by sqrt(C); a model whose token embeddings start small (GPT-2's N(0,
+            0.02²)) scales the table down instead, so positions do not drown the tokens.
 
     ``forward(positions)`` maps an integer tensor of shape (T,) or (B, T) to (T, dim) or
     (B, T, dim), in the dtype and on the device of the table (follow the module's ``.to``).
@@ -71,8 +74,11 @@ class SinusoidalPositionalEmbedding(nn.Module):
 
     table: Tensor
 
-    def __init__(self, dim: int, max_len: int = 2048, base: float = 10000.0) -> None:
+    def __init__(
+        self, dim: int, max_len: int = 2048, base: float = 10000.0, *, scale: float = 1.0
+    ) -> None:
         super().__init__()
+        self.scale = scale
         if max_len < 0:
             raise ValueError(f"max_len must be >= 0; got {max_len}")
         self.dim = dim
@@ -93,7 +99,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
         if torch.compiler.is_compiling():
             # Reading values would break the graph: a compiled decode step stays within the
             # rows its eager prefill already grew the table to.
-            return self.table[positions]
+            return self._lookup(positions)
         lowest, highest = int(positions.min()), int(positions.max())
         if lowest < 0:
             raise ValueError(f"positions must be >= 0; got {lowest}")
@@ -101,7 +107,11 @@ class SinusoidalPositionalEmbedding(nn.Module):
             # Grow at least geometrically so that a sequence decoded one token at a time past
             # max_len rebuilds the table O(log n) times, not once per token.
             self._grow(max(highest + 1, 2 * self.max_len))
-        return self.table[positions]
+        return self._lookup(positions)
+
+    def _lookup(self, positions: Tensor) -> Tensor:
+        rows = self.table[positions]
+        return rows if self.scale == 1.0 else rows * self.scale
 
     def _grow(self, length: int) -> None:
         self.table = sinusoidal_table(
@@ -109,4 +119,5 @@ class SinusoidalPositionalEmbedding(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, max_len={self.max_len}, base={self.base}"
+        scale = f", scale={self.scale}" if self.scale != 1.0 else ""
+        return f"dim={self.dim}, max_len={self.max_len}, base={self.base}{scale}"

@@ -32,6 +32,7 @@ from safetensors.torch import save_model
 from torch import nn
 
 from attnlab.files import atomic_write_text, follow_umask, reason
+from attnlab.models import upgrade_config
 
 PREFIX = "step-"
 
@@ -192,7 +193,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
         for f in dataclasses.fields(unwrap(model).config)
         if f.default is not dataclasses.MISSING
     }
-    theirs = {**defaults, **meta.get("config", {})}
+    theirs = {**defaults, **upgrade_config(meta.get("config", {}))}
     if meta.get("family") != ours["family"] or theirs != ours["config"]:
         diff = _config_diff(theirs, ours["config"])
         raise CheckpointError(

@@ -515,12 +515,16 @@ def _kind(value: Any) -> str:
 
 def _check_model_fields(overrides: dict[str, Any], model: str) -> dict[str, Any]:
     """``model_overrides`` checked against the config class of model preset ``model``."""
-    from attnlab.models import config_class
+    from attnlab.models import config_class, upgrade_config
 
     config_cls = config_class(model)
     hints = typing.get_type_hints(config_cls)
     names = [f.name for f in dataclasses.fields(config_cls) if f.init]
     checked = {}
+    try:
+        overrides = upgrade_config(overrides)  # a run written before fields were renamed
+    except ValueError as exc:
+        raise ValueError(f"model_overrides: {exc}") from None
     for name, value in overrides.items():
         if name not in names:
             raise ValueError(

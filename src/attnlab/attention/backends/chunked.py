@@ -36,7 +36,7 @@ from torch import Tensor
 
 from attnlab.attention.backends.base import Backend, Capabilities
 from attnlab.attention.bias import Bias
-from attnlab.attention.call import AttentionCall
+from attnlab.attention.call import AttentionCall, accumulation_dtype
 from attnlab.attention.masks import Mask, value_key
 
 FULL, PARTIAL = 1, 0
@@ -110,13 +110,8 @@ def _tile_rows(x: Tensor, rows: slice, groups: int) -> Tensor:
     return x[:, :, rows].reshape(b, h // groups, groups * (rows.stop - rows.start), n)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Scores, softmax statistics, products and gradients are computed in at least float32."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 def _acc(x: Tensor) -> Tensor:
-    return x.to(_acc_dtype(x.dtype))
+    return x.to(accumulation_dtype(x.dtype))
 
 
 def _plan(spec: _Spec, device: torch.device) -> list[list[tuple[int, int]]]:
@@ -189,7 +184,7 @@ def _forward(spec: _Spec, q: Tensor, k: Tensor, v: Tensor, plan: list) -> tuple[
     accumulation precision."""
     g, device = spec.groups, q.device
     b, dv = q.shape[0], v.shape[-1]
-    acc_dtype = _acc_dtype(q.dtype)
+    acc_dtype = accumulation_dtype(q.dtype)
     out = torch.empty(b, spec.heads, spec.tq, dv, dtype=acc_dtype, device=device)
     lse = torch.empty(b, spec.heads, spec.tq, 1, dtype=acc_dtype, device=device)
     q, k, v = _upcast(spec, q, k, v)
@@ -230,7 +225,7 @@ def _backward(
 ) -> tuple[Tensor, Tensor, Tensor, list[Tensor | None]]:
     g, device = spec.groups, q.device
     dtypes = q.dtype, k.dtype, v.dtype
-    acc_dtype = _acc_dtype(q.dtype)
+    acc_dtype = accumulation_dtype(q.dtype)
     dq = torch.zeros(q.shape, dtype=acc_dtype, device=device)
     dk = torch.zeros(k.shape, dtype=acc_dtype, device=device)
     dv = torch.zeros(v.shape, dtype=acc_dtype, device=device)

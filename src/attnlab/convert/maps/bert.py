@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from attnlab.convert.maps.common import ENCODER_KEYS, encoder_fields, label_fields
+from attnlab.convert.maps.common import ENCODER_KEYS, encoder_fields, label_fields, variant_reasons
 from attnlab.convert.maps.common import linear_keys as _linear
 from attnlab.models.bert import BERT, BertConfig
 
@@ -156,7 +156,10 @@ def _label_names(id2label: dict | None) -> list[str] | None:
 
 def supports(c: BertConfig) -> list[str]:
     """Why ``c`` cannot be written as BERT (empty when it can)."""
-    return [] if c.head in ARCH_OF else [f"head={c.head!r} (BERT heads: {', '.join(ARCH_OF)})"]
+    bad = variant_reasons(c, "BERT", "learned")
+    if c.head not in ARCH_OF:
+        bad.append(f"head={c.head!r} (BERT heads: {', '.join(ARCH_OF)})")
+    return bad
 
 
 def config_to_hf(c: BertConfig) -> dict:

@@ -46,3 +46,17 @@ def size_field(hf: dict, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"config.json: {key}: expected a positive int, got {value!r}")
     return value
+
+
+def variant_reasons(c, family: str, position: str) -> list[str]:
+    """Why config ``c`` is not the plain softmax attention with ``position`` that the Hugging
+    Face ``family`` has (empty when it is): attnlab's other attention kinds, scores and
+    positions have no place in that family's config.json."""
+    bad = []
+    if c.attention != "softmax":
+        bad.append(f"attention={c.attention!r} ({family} uses softmax attention)")
+    if c.score != "dot":
+        bad.append(f"score={c.score!r} ({family} uses the scaled dot product)")
+    if c.position != position:
+        bad.append(f"position={c.position!r} ({family} needs {position!r})")
+    return bad

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from attnlab.convert.maps.common import size_field
+from attnlab.convert.maps.common import size_field, variant_reasons
+from attnlab.convert.maps.rope_scaling import scaling_from_hf, scaling_to_hf
 from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.position import DynamicNTKScaling, scaling_from_dict, scaling_to_dict
 
 NAME = "Llama"
 MODEL = GPT
@@ -55,12 +57,17 @@ LAYER_KEYS = {
 }
 
 
-def _rope_theta(hf: dict) -> float:
+def _rope(hf: dict) -> tuple[float, dict | None]:
+    """The RoPE base and scaling (as GPTConfig's dict) of a config.json: transformers 5 keeps
+    both in ``rope_parameters``, transformers 4 the base in ``rope_theta`` and the scaling in
+    ``rope_scaling``."""
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind != "default":
-        raise ValueError(f"config.json: RoPE scaling {kind!r} is not supported yet")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    try:
+        scaling = scaling_from_hf(params, max_position_embeddings=hf.get("max_position_embeddings"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config.json: {exc}") from None
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    return theta, scaling_to_dict(scaling)
 
 
 def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTConfig:
@@ -73,6 +80,7 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTCon
         raise ValueError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported")
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise ValueError("config.json: attention_bias/mlp_bias are not supported yet")
+    rope_base, rope_scaling = _rope(hf)
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         max_len=hf.get("max_position_embeddings", 2048),
@@ -85,7 +93,8 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTCon
         norm_eps=hf.get("rms_norm_eps", 1e-6),
         mlp="swiglu",
         position="rope",
-        rope_base=_rope_theta(hf),
+        rope_base=rope_base,
+        rope_scaling=rope_scaling,
         bias=False,
         tie_embeddings=hf.get("tie_word_embeddings", False),
     )
@@ -96,13 +105,24 @@ def supports(c: GPTConfig) -> list[str]:
     want = {
         "norm": "rmsnorm",
         "mlp": "swiglu",
-        "position": "rope",
         "bias": False,
         "qk_norm": False,
     }
-    return [
+    reasons = [
         f"{k}={getattr(c, k)!r} (Llama needs {v!r})" for k, v in want.items() if getattr(c, k) != v
-    ]
+    ] + variant_reasons(c, "Llama", "rope")
+    scaling = scaling_from_dict(c.rope_scaling)
+    try:
+        scaling_to_hf(scaling)
+    except ValueError as exc:
+        reasons.append(f"rope_scaling: {exc}")
+    if isinstance(scaling, DynamicNTKScaling) and scaling.original_max_len != c.max_len:
+        reasons.append(
+            "rope_scaling: transformers reads a dynamic scaling's original length from "
+            f"max_position_embeddings, so original_max_len={scaling.original_max_len} must equal "
+            f"max_len={c.max_len}"
+        )
+    return reasons
 
 
 def config_to_hf(c: GPTConfig) -> dict:
@@ -122,12 +142,20 @@ def config_to_hf(c: GPTConfig) -> dict:
         "hidden_act": "silu",
         "rms_norm_eps": c.norm_eps,
         "rope_theta": c.rope_base,
-        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_base},
+        **_rope_to_hf(c),
         "attention_bias": False,
         "mlp_bias": False,
         "attention_dropout": c.dropout,
         "tie_word_embeddings": c.tie_embeddings,
     }
+
+
+def _rope_to_hf(c: GPTConfig) -> dict:
+    scaling = scaling_to_hf(scaling_from_dict(c.rope_scaling))
+    out = {"rope_parameters": {"rope_type": "default", **scaling, "rope_theta": c.rope_base}}
+    if c.rope_scaling is not None:
+        out["rope_scaling"] = scaling  # transformers 4
+    return out
 
 
 def _keys(c: GPTConfig) -> dict[str, str]:

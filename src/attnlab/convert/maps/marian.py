@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnlab.convert.maps.common import variant_reasons
 from attnlab.models.encoder_decoder import EncoderDecoder, TransformerConfig
 
 NAME = "Marian"
@@ -44,7 +45,7 @@ CONFIG_KEYS = {
     "hidden": "encoder_ffn_dim",
     "activation": "activation_function",
     "share_embeddings": "share_encoder_decoder_embeddings",
-    "tie_output": "tie_word_embeddings",
+    "tie_embeddings": "tie_word_embeddings",
     "pad_id": "pad_token_id",
     "bos_id": "decoder_start_token_id",
     "eos_id": "eos_token_id",
@@ -143,7 +144,7 @@ def config_from_hf(hf: dict, tensors=None) -> TransformerConfig:
         norm_eps=NORM_EPS,
         dropout=hf.get("dropout", 0.1),
         share_embeddings=hf.get("share_encoder_decoder_embeddings", True),
-        tie_output=hf.get("tie_word_embeddings", True),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
         pad_id=pad,
         bos_id=hf.get("decoder_start_token_id", pad),
         eos_id=hf.get("eos_token_id", 0),
@@ -152,7 +153,7 @@ def config_from_hf(hf: dict, tensors=None) -> TransformerConfig:
 
 def supports(c: TransformerConfig) -> list[str]:
     """Why ``c`` cannot be written as Marian (empty when it can)."""
-    bad = []
+    bad = variant_reasons(c, "Marian", "sinusoidal")
     if c.prenorm:
         bad.append("prenorm=True (Marian is post-norm, without final norms)")
     if c.norm_eps != NORM_EPS:
@@ -182,7 +183,7 @@ def config_to_hf(c: TransformerConfig) -> dict:
         "attention_dropout": c.dropout,
         "activation_dropout": 0.0,
         "share_encoder_decoder_embeddings": c.share_embeddings,
-        "tie_word_embeddings": c.tie_output,
+        "tie_word_embeddings": c.tie_embeddings,
         "pad_token_id": c.pad_id,
         "bos_token_id": c.bos_id,
         "eos_token_id": c.eos_id,
@@ -229,7 +230,7 @@ def _embedding_keys(c: TransformerConfig) -> dict[str, str]:
         keys = {"src_tok.weight": SHARED}
     else:
         keys = dict(zip(("src_tok.weight", "tgt_tok.weight"), COPIES, strict=True))
-    if not c.tie_output:
+    if not c.tie_embeddings:
         keys["head.weight"] = "lm_head.weight"
     return keys
 
@@ -254,7 +255,7 @@ def to_attnlab(sd: dict[str, Tensor], c: TransformerConfig) -> dict[str, Tensor]
         out[ours] = _reorder(sd.pop(theirs), axis, inverse)
     if c.share_embeddings:
         out["tgt_tok.weight"] = out["src_tok.weight"]
-    if c.tie_output:  # transformers ties the head as well, ignoring any stored copy
+    if c.tie_embeddings:  # transformers ties the head as well, ignoring any stored copy
         sd.pop("lm_head.weight", None)
         out["head.weight"] = out["tgt_tok.weight"]
     bias = sd.pop("final_logits_bias", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from attnlab.convert.maps.common import ENCODER_KEYS, encoder_fields, label_fields
+from attnlab.convert.maps.common import ENCODER_KEYS, encoder_fields, label_fields, variant_reasons
 from attnlab.convert.maps.common import linear_keys as _linear
 from attnlab.models.vit import ViT, ViTConfig
 
@@ -22,7 +22,7 @@ CONFIG_KEYS = {
     "image_size": "image_size",
     "patch_size": "patch_size",
     "channels": "num_channels",
-    "num_classes": "num_labels",
+    "num_labels": "num_labels",
 }
 # config.json key of a layer count -> tensor names carrying the layer index
 LAYERS = {"num_hidden_layers": r"vit\.encoder\.layer\.(\d+)\."}
@@ -71,7 +71,7 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> ViTCon
         image_size=hf["image_size"],
         patch_size=hf["patch_size"],
         channels=hf.get("num_channels", 3),
-        num_classes=len(labels) if labels else hf.get("num_labels", 2),
+        num_labels=len(labels) if labels else hf.get("num_labels", 2),
         n_layer=hf["num_hidden_layers"],
         n_head=hf["num_attention_heads"],
         dim=hf["hidden_size"],
@@ -82,7 +82,10 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> ViTCon
 
 def supports(c: ViTConfig) -> list[str]:
     """Why ``c`` cannot be written as a transformers ViT (empty when it can)."""
-    return [] if c.pool == "cls" else [f"pool={c.pool!r} (transformers' ViT reads [CLS])"]
+    bad = variant_reasons(c, "ViT", "learned")
+    if c.pool != "cls":
+        bad.append(f"pool={c.pool!r} (transformers' ViT reads [CLS])")
+    return bad
 
 
 def config_to_hf(c: ViTConfig) -> dict:
@@ -94,7 +97,7 @@ def config_to_hf(c: ViTConfig) -> dict:
         "num_channels": c.channels,
         **encoder_fields(c),
         "qkv_bias": True,
-        **label_fields(c.num_classes),
+        **label_fields(c.num_labels),
     }
 
 

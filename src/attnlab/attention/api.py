@@ -33,6 +33,8 @@ def attend(
     dropout_p: float = 0.0,
     backend: str = "auto",
     return_weights: bool = False,
+    softcap: float | None = None,
+    sinks: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Scaled dot-product attention, softmax(q kᵀ · scale + bias, masked) v.
 
@@ -52,6 +54,11 @@ def attend(
             for the fastest one that supports the call.
         return_weights: also return the attention weights (B, H, Tq, Tk); only the
             "reference" backend materialises them, so "auto" then picks it.
+        softcap: soft-cap the scores, c · tanh(s / c), after scaling and before the bias and
+            mask (Gemma 2, c = 50): logits stay within (-c, c).
+        sinks: (H,) a learned logit per query head that joins every row's softmax with a zero
+            value (gpt-oss's attention sinks; Xiao et al. 2024): rows may attend to "nothing",
+            so the weights over the keys sum to less than one.
 
     Returns:
         The output (B, H, Tq, Dv), or ``(output, weights)`` with ``return_weights=True``.
@@ -69,6 +76,8 @@ def attend(
         scale=scale,
         dropout_p=dropout_p,
         return_weights=return_weights,
+        softcap=softcap,
+        sinks=sinks,
     )
     out, weights = nonfinite.contain(call, dispatch.select_backend(call, backend).forward)
     return (out, weights) if return_weights else out
@@ -84,6 +93,8 @@ def explain(
     scale: float | None = None,
     dropout_p: float = 0.0,
     return_weights: bool = False,
+    softcap: float | None = None,
+    sinks: Tensor | None = None,
 ) -> dict[str, list[str]]:
     """For the same arguments as :func:`attend`: each backend's reasons to refuse, in the order
     "auto" tries them (an empty list means the backend can run the call), then those of each
@@ -98,6 +109,8 @@ def explain(
         scale=scale,
         dropout_p=dropout_p,
         return_weights=return_weights,
+        softcap=softcap,
+        sinks=sinks,
     )
     from attnlab.attention import kinds  # kinds build on this module's backends
 
@@ -105,7 +118,7 @@ def explain(
     for name, kind in kinds.KINDS.items():
         if not kind.scores:
             why = kind.mask_reasons(call.mask)
-            if call.bias is not None:
-                why.append("score biases not supported (it has no scores)")
+            if call.bias is not None or call.softcap is not None or call.sinks is not None:
+                why.append("score biases, soft-capping and sinks not supported (no scores)")
             reasons[name] = why
     return reasons

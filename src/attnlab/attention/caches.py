@@ -14,7 +14,8 @@ Kinds (the registry ``CACHE_KINDS``):
   (``reorder``); the decode step has the same shapes every token.
 * ``"ring"``: :class:`attnlab.attention.RingKVCache`, the last ``window`` positions only:
   memory bounded by the window, attention limited to it (a sliding window of ``window`` keys,
-  the query's own included).
+  the query's own included); with ``sink_tokens=S`` the first S positions stay too
+  (StreamingLLM's sinks and window).
 
 Kernel attention (linear, Performer) keeps a running state instead of keys and values
 (:class:`attnlab.attention.state_cache.StateCache`, kind ``"state"``), whatever kind is asked
@@ -97,6 +98,13 @@ def make_layer_cache(kind: str, batch: int, kv_heads: int, max_len: int, head_di
     """One layer's cache of ``kind`` (see ``CACHE_KINDS``); ValueError naming ``kind``."""
     if kind not in CACHE_KINDS:
         raise ValueError(f"kind: expected one of {', '.join(CACHE_KINDS)}, got {kind!r}")
+    if kw.get("sink_tokens") and kind != "ring":
+        raise ValueError(
+            f"sink_tokens: keeps the first tokens beside a ring cache's window; use "
+            f"kind='ring', got kind={kind!r}"
+        )
+    if not kw.get("sink_tokens"):
+        kw.pop("sink_tokens", None)
     return CACHE_KINDS[kind](batch, kv_heads, max_len, head_dim, **kw)
 
 

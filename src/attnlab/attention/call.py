@@ -31,6 +31,8 @@ class AttentionCall:
     scale: float
     dropout_p: float
     return_weights: bool
+    softcap: float | None = None  # scores become softcap * tanh(scores / softcap) (Gemma 2)
+    sinks: Tensor | None = None  # (H,) a learned logit per head in every softmax (gpt-oss)
 
     @property
     def batch(self) -> int:
@@ -77,6 +79,7 @@ class AttentionCall:
             or self.k.requires_grad
             or self.v.requires_grad
             or (self.bias is not None and self.bias.requires_grad)
+            or (self.sinks is not None and self.sinks.requires_grad)
         )
 
     @property
@@ -116,6 +119,8 @@ def make_call(
     scale: float | None,
     dropout_p: float,
     return_weights: bool,
+    softcap: float | None = None,
+    sinks: Tensor | None = None,
 ) -> AttentionCall:
     """Check every argument of ``attend`` and build the call; errors name the argument."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -185,7 +190,33 @@ def make_call(
         raise TypeError(f"dropout_p: expected a float in [0, 1), got {dropout_p!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p: expected a float in [0, 1), got {dropout_p!r}")
-    return AttentionCall(q, k, v, mask, bias, float(scale), float(dropout_p), bool(return_weights))
+    if softcap is not None and (
+        isinstance(softcap, bool)
+        or not isinstance(softcap, (int, float))
+        or not 0 < softcap < math.inf
+    ):
+        raise ValueError(f"softcap: expected a positive finite float or None, got {softcap!r}")
+    if sinks is not None:
+        if not isinstance(sinks, Tensor) or not sinks.dtype.is_floating_point:
+            got = sinks.dtype if isinstance(sinks, Tensor) else type(sinks).__name__
+            raise TypeError(f"sinks: expected a floating-point tensor (H,), got {got}")
+        if sinks.shape != (h,):
+            raise ValueError(
+                f"sinks: expected one logit per query head, shape ({h},), got {tuple(sinks.shape)}"
+            )
+        _check_devices("sinks", [sinks], q.device)
+    return AttentionCall(
+        q,
+        k,
+        v,
+        mask,
+        bias,
+        float(scale),
+        float(dropout_p),
+        bool(return_weights),
+        None if softcap is None else float(softcap),
+        sinks,
+    )
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

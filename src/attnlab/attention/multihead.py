@@ -46,9 +46,13 @@ class MultiHeadAttention(nn.Module):
         n_kv_heads: key/value heads Hkv (H must be a multiple); default H.
         head_dim: per-head width Dh; default C // H.
         kv_dim: width of the cross-attention context; default C.
-        bias: biases on the q/k/v/output projections.
+        bias: biases on the q/k/v projections (and the output projection, unless
+            ``out_bias`` says otherwise).
+        out_bias: a bias on the output projection; default ``bias`` (Qwen2 has biases on
+            q/k/v only).
         qk_norm: RMSNorm on each query and key head before attention (stabilises training of
             large models; Dehghani et al. 2023, Wortsman et al. 2023).
+        qk_norm_eps: the epsilon of those norms.
         dropout: dropout on attention probabilities while training.
         position: a ``RotaryEmbedding`` (rotates q and k), a ``RelativePositionBias`` (T5, a
             learned bias, trained with this module) or a fixed ``Bias`` such as ``alibi(H)``;
@@ -61,6 +65,11 @@ class MultiHeadAttention(nn.Module):
         options: what the kind reads: ``window`` (local), ``n_features`` (performer),
             ``rank`` and ``max_len`` (linformer), ``causal`` (local: a causal window, default
             True; False for encoders).
+        softcap: soft-cap self-attention scores at this value, c · tanh(s / c) (Gemma 2).
+        sinks: a learned sink logit per head in every softmax row (gpt-oss; parameter
+            ``sinks`` (H,), starting at 0).
+        scale: the score scale of the dot product (default 1 / sqrt(Dh); Gemma 2 uses
+            query_pre_attn_scalar ** -0.5).
     """
 
     POINTS = ("q", "k", "v", "pattern", "z", "out")
@@ -74,13 +83,18 @@ class MultiHeadAttention(nn.Module):
         head_dim: int | None = None,
         kv_dim: int | None = None,
         bias: bool = True,
+        out_bias: bool | None = None,
         qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
         dropout: float = 0.0,
         position: Position = None,
         score: str = "dot",
         backend: str = "auto",
         attention: str = "softmax",
         options: dict | None = None,
+        softcap: float | None = None,
+        sinks: bool = False,
+        scale: float | None = None,
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -102,9 +116,10 @@ class MultiHeadAttention(nn.Module):
         self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=bias)
         self.k_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=bias)
-        self.out_proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
-        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
-        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
+        out_bias = bias if out_bias is None else out_bias
+        self.out_proj = nn.Linear(n_heads * head_dim, dim, bias=out_bias)
+        self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps) if qk_norm else None
         if position is not None and not isinstance(
             position, (RotaryEmbedding, RelativePositionBias, Bias)
         ):
@@ -126,6 +141,14 @@ class MultiHeadAttention(nn.Module):
         # The module that runs a non-softmax kind (its parameters and buffers, if any, are
         # this module's); None for softmax and local attention.
         self.kernel = self.kind.build(self.args)
+        if (softcap is not None or sinks or scale is not None) and not self.kind.scores:
+            raise ValueError(
+                f"attention: {attention!r} has no softmax scores to soft-cap, scale or add sinks to"
+            )
+        if scale is not None and score != "dot":
+            raise ValueError(f"scale: a dot-product scale; score={score!r} owns its scale")
+        self.softcap, self.scale = softcap, scale
+        self.sinks = nn.Parameter(torch.zeros(n_heads)) if sinks else None
         make_points(self, self.POINTS)
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
@@ -179,7 +202,9 @@ class MultiHeadAttention(nn.Module):
                 k = self.k_norm(k)
 
         if positions is None and slotted:
-            positions = cache.positions  # where the tokens are stored
+            positions = cache.positions  # where the tokens are stored: (1 or B, T)
+            if positions.dim() == 2 and positions.shape[0] == 1:
+                positions = positions[0]  # the same for every row
         elif positions is None:
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + x.shape[1], device=x.device)
@@ -224,6 +249,11 @@ class MultiHeadAttention(nn.Module):
         if self.kernel is not None and own:
             return self._output(self._kernel_attention(q, k, v, mask))
         q, k, scale = self.score.prepare(q, k)
+        if self.scale is not None:
+            scale = self.scale
+        # Soft-capping and sinks belong to this module's self-attention scores.
+        softcap = self.softcap if own else None
+        sinks = self.sinks if own else None
         pattern = None
         if self.hook_pattern.active:
             source = PatternSource(
@@ -234,12 +264,14 @@ class MultiHeadAttention(nn.Module):
                 scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]),
                 logits=self.score.logits,
                 offset=0 if context is not None else None,
+                softcap=softcap,
+                sinks=sinks,
             )
             pattern = self.hook_pattern.fire(source)
         if pattern is None:
             out = self.score.run(
                 q, k, v, scale=scale, mask=mask, bias=bias, dropout_p=dropout_p,
-                backend=self.backend,
+                backend=self.backend, softcap=softcap, sinks=sinks,
             )  # fmt: skip
         else:
             out = self._replaced(pattern, v, dropout_p)
@@ -279,6 +311,7 @@ class MultiHeadAttention(nn.Module):
         dtype: torch.dtype | None = None,
         device=None,
         check_values: bool = True,
+        sink_tokens: int = 0,
     ) -> nn.Module:
         """A KV cache of ``kind`` ("dynamic", "static", "ring"; see
         :mod:`attnlab.attention.caches`) sized for this module's key/value heads; its dtype
@@ -305,4 +338,5 @@ class MultiHeadAttention(nn.Module):
             dtype=dtype or weight.dtype,
             device=device or weight.device,
             check_values=check_values,
+            sink_tokens=sink_tokens,
         )

@@ -16,13 +16,29 @@ from torch import Tensor
 from attnlab.attention.call import AttentionCall
 
 
-def masked_softmax(scores: Tensor, allowed: Tensor | None) -> Tensor:
+def softcapped(scores: Tensor, softcap: float | None) -> Tensor:
+    """softcap · tanh(scores / softcap) (Gemma 2's logit soft-capping); the scores as they are
+    for None."""
+    return scores if softcap is None else softcap * torch.tanh(scores / softcap)
+
+
+def masked_softmax(scores: Tensor, allowed: Tensor | None, sinks: Tensor | None = None) -> Tensor:
     """Softmax over the last dim where ``allowed``; rows with nothing allowed give all zeros.
 
     Masked scores are set to the most negative finite value rather than -inf so that a row with
     no allowed key yields a uniform distribution instead of NaN, and the final fill zeroes it
     (and its gradient) exactly.
+
+    ``sinks`` (broadcastable to (B, H, Tq, 1)): a logit per row that joins the softmax as one
+    more, always allowed column and is then dropped, so a row's weights sum to less than one.
     """
+    if sinks is not None:
+        sink = sinks.to(scores.dtype).expand(*scores.shape[:-1], 1)
+        if allowed is not None:
+            allowed = torch.cat(
+                [allowed.expand(*scores.shape), torch.ones_like(sink, dtype=torch.bool)], -1
+            )
+        return masked_softmax(torch.cat([scores, sink], -1), allowed)[..., :-1]
     if allowed is None:
         return scores.softmax(-1)
     lowest = torch.finfo(scores.dtype).min
@@ -30,12 +46,15 @@ def masked_softmax(scores: Tensor, allowed: Tensor | None) -> Tensor:
 
 
 def softmax_attention(scores: Tensor, v: Tensor, call: AttentionCall) -> tuple[Tensor, Tensor]:
-    """Finish attention from raw scores (B, H, Tq, Tk): add the call's bias, mask, softmax,
-    dropout, weigh v (B, H, Tk, Dv). Returns (output (B, H, Tq, Dv), weights before dropout)."""
+    """Finish attention from raw scores (B, H, Tq, Tk): soft-cap, add the call's bias, mask,
+    softmax (with the call's sinks), dropout, weigh v (B, H, Tk, Dv). Returns (output
+    (B, H, Tq, Dv), weights before dropout)."""
+    scores = softcapped(scores, call.softcap)
     bias = call.dense_bias()
     if bias is not None:
         scores = scores + bias
-    weights = masked_softmax(scores, call.dense_mask())
+    sinks = call.sinks.view(1, -1, 1, 1) if call.sinks is not None else None
+    weights = masked_softmax(scores, call.dense_mask(), sinks)
     dropped = F.dropout(weights, call.dropout_p) if call.dropout_p > 0 else weights
     return dropped @ v, weights
 

@@ -130,6 +130,8 @@ class AdditiveScore(nn.Module):
         bias=None,
         dropout_p: float = 0.0,
         backend: str = "auto",
+        softcap: float | None = None,
+        sinks: Tensor | None = None,
     ) -> Tensor:
         if backend not in ("auto", "reference"):
             raise ValueError(
@@ -137,8 +139,9 @@ class AdditiveScore(nn.Module):
                 f"got {backend!r}"
             )
         call = make_call(
-            q, k, v, mask=mask, bias=bias, scale=None, dropout_p=dropout_p, return_weights=False
-        )
+            q, k, v, mask=mask, bias=bias, scale=None, dropout_p=dropout_p, return_weights=False,
+            softcap=softcap, sinks=sinks,
+        )  # fmt: skip
         g = call.groups
         scores = self.logits(q, k.repeat_interleave(g, dim=1), scale or 1.0)  # (B, H, Tq, Tk)
         out, _ = softmax_attention(scores, v.repeat_interleave(g, dim=1), call)

@@ -53,16 +53,22 @@ class CacheView(NamedTuple):
 
 
 def position_mask(
-    key_positions: Tensor, query_positions: Tensor, *, window: int | None = None
+    key_positions: Tensor,
+    query_positions: Tensor,
+    *,
+    window: int | None = None,
+    sink_tokens: int = 0,
 ) -> Mask:
     """Mask (B, 1, T, S) letting query position p see the key in slot j of row b iff that key
     holds a real token (``key_positions[b, j] >= 0``) at a position <= p, and, with a window,
-    > p - window (the query's own position included, as in ``masks.sliding_window``).
+    > p - window (the query's own position included, as in ``masks.sliding_window``) or among
+    the first ``sink_tokens`` positions.
 
     Args:
         key_positions: (B, S) long, the absolute position of each slot's key, -1 for none.
         query_positions: (T,) or (B, T) long, the absolute position of each query.
         window: keys at most ``window - 1`` positions back are visible; None for no limit.
+        sink_tokens: keys at positions below it stay visible whatever the window.
     """
     if key_positions.dim() != 2:
         raise ValueError(f"key_positions: expected (B, S), got shape {tuple(key_positions.shape)}")
@@ -76,7 +82,7 @@ def position_mask(
     allowed = (kp >= 0) & (kp <= qp)  # (B, T, S)
     if window is not None:
         check_count(window, "window")
-        allowed = allowed & (qp - kp < window)
+        allowed = allowed & ((qp - kp < window) | (kp < sink_tokens))
     return mask_lib.from_tensor(allowed[:, None])  # (B, T, S) -> (B, 1, T, S)
 
 
@@ -385,7 +391,13 @@ class RingKVCache(_SlotCache):
     returns the W cached keys followed by its own T keys (S' = W + T), the mask picks each
     query's window out of them, and only the last min(T, W) new tokens are then stored.
 
-    Args as for :class:`StaticKVCache`, with ``window`` W in place of ``max_len``.
+    With ``sink_tokens`` S > 0 the first S positions are kept too, in S more slots, and stay
+    visible to every query: StreamingLLM's attention sinks and window (Xiao et al. 2024), whose
+    softmax keeps the initial tokens it leans on. Keys keep their absolute positions (RoPE
+    already applied), where StreamingLLM re-rotates them to their places in the cache.
+
+    Args as for :class:`StaticKVCache`, with ``window`` W in place of ``max_len``, and
+    ``sink_tokens`` S.
     """
 
     def __init__(
@@ -399,11 +411,16 @@ class RingKVCache(_SlotCache):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         check_values: bool = True,
+        sink_tokens: int = 0,
     ) -> None:
+        if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, int) or sink_tokens < 0:
+            raise ValueError(f"sink_tokens: expected an int >= 0, got {sink_tokens!r}")
+        check_count(window, "window")
+        self.sink_tokens = sink_tokens
         super().__init__(
             batch,
             kv_heads,
-            window,
+            sink_tokens + window,
             head_dim,
             slots_name="window",
             v_head_dim=v_head_dim,
@@ -414,7 +431,13 @@ class RingKVCache(_SlotCache):
 
     @property
     def window(self) -> int:
-        return self.slots
+        return self.slots - self.sink_tokens
+
+    def _slots_of(self, pos: Tensor) -> Tensor:
+        """Position p's slot: p itself among the sinks, else one of the W window slots."""
+        s = self.sink_tokens
+        ring = s + (pos - s) % self.window
+        return ring if s == 0 else torch.where(pos < s, pos, ring)
 
     def update(
         self, k: Tensor, v: Tensor, positions: Tensor, *, valid: Tensor | None = None
@@ -442,7 +465,7 @@ class RingKVCache(_SlotCache):
         stored, ends = self._stored(pos, valid)
         w = self.window
         if t <= 1:
-            self._write(k, v, pos % w, stored, ends)
+            self._write(k, v, self._slots_of(pos), stored, ends)
             return (*self.keys_values(), self.slot_positions)
         # Every key a query of this call can see is either cached already or in this call.
         cached_k, cached_v = self.keys_values()
@@ -453,15 +476,26 @@ class RingKVCache(_SlotCache):
         view_pos = torch.cat([self.slot_positions, stored], dim=1)  # (B, W + T)
         m = min(t, w)  # the tokens still inside the window after this call
         self._write(
-            k[:, :, -m:], v[:, :, -m:], pos[:, -m:] % w, stored[:, -m:], ends
+            k[:, :, -m:], v[:, :, -m:], self._slots_of(pos[:, -m:]), stored[:, -m:], ends
         )  # consecutive positions: m <= W tokens land in distinct slots
+        if self.sink_tokens and t > m:  # earlier tokens of this call may be sinks
+            if pos.shape[0] != 1 and not bool((pos == pos[:1]).all()):
+                raise ValueError(
+                    "positions: a ring cache with sink_tokens takes the same positions in "
+                    "every row for a call of several tokens, got rows that differ"
+                )
+            n = int((pos[0, : t - m] < self.sink_tokens).sum())  # consecutive: the first n
+            if n:
+                self._write(k[:, :, :n], v[:, :, :n], pos[:1, :n], stored[:, :n], ends)
         return view_k, view_v, view_pos
 
     def mask(self, query_positions: Tensor, key_positions: Tensor | None = None) -> Mask:
         """Mask (B, 1, T, S') for queries at ``query_positions`` over keys at ``key_positions``
         (from :meth:`update`; default the buffers' slots), limited to the window."""
         keys = self.slot_positions if key_positions is None else key_positions
-        return position_mask(keys, query_positions, window=self.window)
+        return position_mask(
+            keys, query_positions, window=self.window, sink_tokens=self.sink_tokens
+        )
 
     def attention_inputs(
         self, k: Tensor, v: Tensor, positions: Tensor, *, valid: Tensor | None = None

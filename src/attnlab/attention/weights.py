@@ -24,7 +24,7 @@ from torch import Tensor
 
 from attnlab.attention.bias import Bias
 from attnlab.attention.masks import Mask
-from attnlab.attention.reference import masked_softmax
+from attnlab.attention.reference import masked_softmax, softcapped
 
 # Scores evaluated at once per tile: 4M float32 numbers (16 MB) bounds the scratch memory of a
 # tile whatever the batch, heads and sequence length.
@@ -59,6 +59,8 @@ class PatternSource:
         normalize: scores of a tile (B, h, r, Tk) and its allowed keys (B|1, 1, r, Tk) bool or
             None -> weights; default the masked softmax. Kernel attention (linear, Performer)
             passes its feature products as ``logits`` and divides them by their row sums.
+        softcap, sinks: the call's soft-capping of scores and sink logits (H,), as in
+            :func:`attnlab.attention.attend`.
     """
 
     def __init__(
@@ -72,9 +74,12 @@ class PatternSource:
         logits: Logits = dot_logits,
         offset: int | None = None,
         normalize: Normalize = masked_softmax,
+        softcap: float | None = None,
+        sinks: Tensor | None = None,
     ) -> None:
         self.q, self.k, self.mask, self.bias, self.scale = q, k, mask, bias, scale
         self.logits, self.normalize = logits, normalize
+        self.softcap, self.sinks = softcap, sinks
         self._offset = offset
 
     @property
@@ -124,6 +129,7 @@ class PatternSource:
         for start in range(0, row_idx.numel(), step):
             idx = row_idx[start : start + step]
             scores = self.logits(q.index_select(2, idx), k, self.scale)  # (B, h, r, Tk)
+            scores = softcapped(scores, self.softcap)
             if self.bias is not None:
                 tile = self.bias.block(b, self.q.shape[1], idx, kv_idx, align)
                 if tile.shape[1] > 1:  # per-head bias (ALiBi, T5): the selected heads
@@ -132,7 +138,11 @@ class PatternSource:
             allowed = None
             if self.mask is not None:
                 allowed = self.mask.block(b, idx, kv_idx, align)  # (B|1, 1, r, Tk)
-            yield idx, self.normalize(scores, allowed)
+            if self.sinks is None:
+                yield idx, self.normalize(scores, allowed)
+            else:
+                sinks = self.sinks.detach().float().index_select(0, head_idx).view(1, h, 1, 1)
+                yield idx, masked_softmax(scores, allowed, sinks)
 
     def weights(self, heads: Selection = None, rows: Selection = None) -> Tensor:
         """The weights (B, h, r, Tk) of the selected heads and query rows, in q's dtype."""

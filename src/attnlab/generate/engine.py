@@ -109,6 +109,7 @@ def stream(
     cache: str = "static",
     cache_dtype: torch.dtype | None = None,
     window: int | None = None,
+    sink_tokens: int = 0,
     compile: bool = False,
     compile_mode: str | None = None,
     caches: Caches | None = None,
@@ -128,7 +129,8 @@ def stream(
         vocab_size: sample only ids below it (an embedding padded past its tokenizer).
         truncate: keep the end of a prompt longer than the context instead of raising.
         cache: "static" (default), "ring" (attention limited to the last ``window`` tokens,
-            memory bounded by it) or "dynamic" (the simple reference path; no compile).
+            memory bounded by it; with ``sink_tokens`` S, the first S tokens stay in view too:
+            StreamingLLM) or "dynamic" (the simple reference path; no compile).
         cache_dtype: the KV cache's own dtype (default the weights').
         compile, compile_mode: compile the decode step with ``torch.compile`` (mode e.g.
             "reduce-overhead" for CUDA graphs).
@@ -170,7 +172,13 @@ def stream(
         size = min(driver.context, t + max_new_tokens)
         weight = next(model.parameters())
         caches = driver.make_caches(
-            b, size, kind=cache, window=window, dtype=cache_dtype or weight.dtype, device=ids.device
+            b,
+            size,
+            kind=cache,
+            window=window,
+            dtype=cache_dtype or weight.dtype,
+            device=ids.device,
+            **({"sink_tokens": sink_tokens} if sink_tokens else {}),
         )
         reuse = 0
     else:

@@ -30,6 +30,8 @@ class Capabilities:
     bias_grad: bool = True  # gives gradients of learnable biases
     dropout: bool = False  # attention-probability dropout
     weights: bool = False  # can return the (B, H, Tq, Tk) attention weights
+    softcap: bool = False  # soft-capped scores (Gemma 2)
+    sinks: bool = False  # a learned sink logit per head in the softmax (gpt-oss)
     notes: tuple[str, ...] = field(default=())  # shown in the backend table
 
 
@@ -63,6 +65,10 @@ class Backend:
             reasons.append(f"dropout not supported (dropout_p={call.dropout_p})")
         if call.return_weights and not caps.weights:
             reasons.append("cannot return attention weights (return_weights=True)")
+        if call.softcap is not None and not caps.softcap:
+            reasons.append(f"score soft-capping not supported (softcap={call.softcap})")
+        if call.sinks is not None and not caps.sinks:
+            reasons.append("attention sinks not supported")
         return reasons + self.extra_reasons(call)
 
     def extra_reasons(self, call: AttentionCall) -> list[str]:

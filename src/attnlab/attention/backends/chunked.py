@@ -67,6 +67,8 @@ class _Spec:
     tk: int
     q_block: int
     kv_block: int
+    softcap: float | None = None  # scores soft-capped before the bias (Gemma 2)
+    sinks: bool = False  # a sink logit per head joins each row's softmax (passed as a tensor)
 
     @property
     def groups(self) -> int:
@@ -152,14 +154,19 @@ def _build_plan(spec: _Spec, device: torch.device) -> list[list[tuple[int, int]]
 
 def _scores(
     spec: _Spec, qi: Tensor, kj: Tensor, i: int, j: int, kind: int, device: torch.device
-) -> Tensor:
-    """Tile scores (B, Hkv, R, bk), biased, masked entries at -inf.
+) -> tuple[Tensor, Tensor | None]:
+    """Tile scores (B, Hkv, R, bk), soft-capped, biased, masked entries at -inf; and with
+    soft-capping the derivative of the capped scores by the raw ones (else None).
 
     ``qi`` is already scaled and, like ``kj``, at accumulation precision, so the product never
     rounds to half precision (fp16 overflows above 65504; bf16 keeps 8 bits of a logit)."""
     s = qi @ kj.transpose(-2, -1)
+    slope = None
+    if spec.softcap is not None:
+        t = torch.tanh(s / spec.softcap)
+        s, slope = spec.softcap * t, 1 - t * t
     if spec.bias is None and kind == FULL:
-        return s
+        return s, slope
     q_idx = torch.arange(spec.rows(i).start, spec.rows(i).stop, device=device)
     k_idx = torch.arange(spec.cols(j).start, spec.cols(j).stop, device=device)
     if spec.bias is not None:
@@ -168,7 +175,14 @@ def _scores(
     if kind == PARTIAL:
         allowed = _fold(spec.mask.block(spec.batch, q_idx, k_idx, spec.offset), spec.groups)
         s = s.masked_fill(~allowed, float("-inf"))
-    return s
+    return s, slope
+
+
+def _sink_rows(sinks: Tensor, batch: int, spec: _Spec, rows: slice, dtype) -> Tensor:
+    """The sink logit of every row of a tile in folded layout: (B, Hkv, G * R, 1)."""
+    r = rows.stop - rows.start
+    full = sinks.to(dtype).view(1, spec.heads, 1, 1).expand(batch, spec.heads, r, 1)
+    return full.reshape(batch, spec.kv_heads, spec.groups * r, 1)
 
 
 def _upcast(spec: _Spec, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -179,9 +193,11 @@ def _upcast(spec: _Spec, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tenso
     return _acc(q) * spec.scale, _acc(k), _acc(v)
 
 
-def _forward(spec: _Spec, q: Tensor, k: Tensor, v: Tensor, plan: list) -> tuple[Tensor, Tensor]:
-    """Output (B, H, Tq, Dv) and log-sum-exp (B, H, Tq, 1) of the scores, both at
-    accumulation precision."""
+def _forward(
+    spec: _Spec, q: Tensor, k: Tensor, v: Tensor, plan: list, sinks: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Output (B, H, Tq, Dv) and log-sum-exp (B, H, Tq, 1) of the scores (and the sinks),
+    both at accumulation precision."""
     g, device = spec.groups, q.device
     b, dv = q.shape[0], v.shape[-1]
     acc_dtype = accumulation_dtype(q.dtype)
@@ -192,12 +208,16 @@ def _forward(spec: _Spec, q: Tensor, k: Tensor, v: Tensor, plan: list) -> tuple[
         rows = spec.rows(i)
         qi = _tile_rows(q, rows, g)  # (B, Hkv, R, D)
         r = qi.shape[2]
-        m = torch.full((b, spec.kv_heads, r, 1), float("-inf"), dtype=acc_dtype, device=device)
-        l = torch.zeros(b, spec.kv_heads, r, 1, dtype=acc_dtype, device=device)
+        if sinks is None:
+            m = torch.full((b, spec.kv_heads, r, 1), float("-inf"), dtype=acc_dtype, device=device)
+            l = torch.zeros(b, spec.kv_heads, r, 1, dtype=acc_dtype, device=device)
+        else:  # the sink is one more column of every row: start the online softmax with it
+            m = _sink_rows(sinks, b, spec, rows, acc_dtype)
+            l = torch.ones(b, spec.kv_heads, r, 1, dtype=acc_dtype, device=device)
         acc = torch.zeros(b, spec.kv_heads, r, dv, dtype=acc_dtype, device=device)
         for j, kind in tiles:
             cols = spec.cols(j)
-            s = _scores(spec, qi, k[:, :, cols], i, j, kind, device)  # (B, Hkv, R, bk)
+            s, _ = _scores(spec, qi, k[:, :, cols], i, j, kind, device)  # (B, Hkv, R, bk)
             m_new = torch.maximum(m, s.amax(-1, keepdim=True))
             # Rows with nothing allowed so far keep m = -inf; use 0 there to avoid inf - inf.
             m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)
@@ -222,7 +242,8 @@ def _backward(
     lse: Tensor,
     dout: Tensor,
     plan: list,
-) -> tuple[Tensor, Tensor, Tensor, list[Tensor | None]]:
+    sinks: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, list[Tensor | None], Tensor | None]:
     g, device = spec.groups, q.device
     dtypes = q.dtype, k.dtype, v.dtype
     acc_dtype = accumulation_dtype(q.dtype)
@@ -248,7 +269,8 @@ def _backward(
         for j, kind in tiles:
             cols = spec.cols(j)
             kj, vj = k[:, :, cols], v[:, :, cols]
-            p = torch.exp(_scores(spec, qi, kj, i, j, kind, device) - lse_i)  # (B, Hkv, R, bk)
+            s, slope = _scores(spec, qi, kj, i, j, kind, device)
+            p = torch.exp(s - lse_i)  # (B, Hkv, R, bk)
             dv[:, :, cols] += p.transpose(-2, -1) @ doi
             dp = doi @ vj.transpose(-2, -1)  # (B, Hkv, R, bk)
             ds = p * (dp - delta_i)  # d(loss)/d(biased scores)
@@ -264,6 +286,8 @@ def _backward(
                     spec.offset,
                     _unfold(ds, g),
                 )
+            if slope is not None:  # through the soft cap to the raw scores
+                ds = ds * slope
             dqi += ds @ kj
             # qi holds q * scale, so this is already d(loss)/dk = scale * dsᵀ q.
             dk[:, :, cols] += ds.transpose(-2, -1) @ qi
@@ -273,28 +297,40 @@ def _backward(
         torch.zeros_like(p) if g is None and p.requires_grad else g
         for p, g in zip(bias_params, bias_grads, strict=True)
     ]
+    dsinks = None
+    if sinks is not None and sinks.requires_grad:
+        # The sink's probability p_s = exp(sink - lse) with a zero value: d(loss)/d(sink) is
+        # p_s * (0 - D) for each row, summed over rows.
+        p_sink = torch.exp(sinks.to(acc_dtype).view(1, -1, 1, 1) - lse)  # (B, H, Tq, 1)
+        dsinks = -(p_sink * delta).sum(dim=(0, 2, 3)).to(sinks.dtype)
     return (
         (dq * spec.scale).to(dtypes[0]),
         dk.to(dtypes[1]),
         dv.to(dtypes[2]),
         bias_grads,
+        dsinks,
     )
 
 
 class _ChunkedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec: _Spec, q: Tensor, k: Tensor, v: Tensor, *bias_params: Tensor):
+    def forward(ctx, spec: _Spec, q: Tensor, k: Tensor, v: Tensor, *extra: Tensor):
+        # extra: the sinks (H,) when spec.sinks, then the bias's parameters.
+        sinks = extra[0] if spec.sinks else None
         plan = _plan(spec, q.device)
-        out, lse = _forward(spec, q, k, v, plan)
-        ctx.save_for_backward(q, k, v, out, lse)
+        out, lse = _forward(spec, q, k, v, plan, sinks)
+        ctx.save_for_backward(q, k, v, out, lse, *([sinks] if spec.sinks else []))
         ctx.spec, ctx.plan = spec, plan
         return out.to(q.dtype)  # the same tensor for float32 and float64 inputs
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv, bias_grads = _backward(ctx.spec, q, k, v, out, lse, dout.contiguous(), ctx.plan)
-        return None, dq, dk, dv, *bias_grads
+        q, k, v, out, lse, *rest = ctx.saved_tensors
+        sinks = rest[0] if rest else None
+        dq, dk, dv, bias_grads, dsinks = _backward(
+            ctx.spec, q, k, v, out, lse, dout.contiguous(), ctx.plan, sinks
+        )
+        return None, dq, dk, dv, *([dsinks] if ctx.spec.sinks else []), *bias_grads
 
 
 def chunked_attention(
@@ -317,9 +353,12 @@ def chunked_attention(
         call.tk,
         q_block,
         kv_block,
+        call.softcap,
+        call.sinks is not None,
     )
     params = call.bias.params() if call.bias is not None else ()
-    return _ChunkedFunction.apply(spec, call.q, call.k, call.v, *params)
+    sinks = (call.sinks,) if call.sinks is not None else ()
+    return _ChunkedFunction.apply(spec, call.q, call.k, call.v, *sinks, *params)
 
 
 class ChunkedBackend(Backend):
@@ -327,6 +366,8 @@ class ChunkedBackend(Backend):
     description = "pure-PyTorch online-softmax tiles, fwd+bwd; skips masked tiles; O(T) memory"
     capabilities = Capabilities(
         devices=frozenset({"cpu", "cuda"}),
+        softcap=True,
+        sinks=True,
         notes=("every mask and bias, learnable biases included",),
     )
 

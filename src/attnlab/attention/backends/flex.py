@@ -99,12 +99,24 @@ def block_mask_for(call: AttentionCall):
     )
 
 
+def _score_mod(call: AttentionCall):
+    """The call's soft cap, then its bias, as one FlexAttention ``score_mod`` (None: neither)."""
+    bias = call.bias.score_mod(call.tq, call.tk) if call.bias is not None else None
+    cap = call.softcap
+    if cap is None:
+        return bias
+    if bias is None:
+        return lambda score, b, h, q, k: cap * torch.tanh(score / cap)
+    return lambda score, b, h, q, k: bias(cap * torch.tanh(score / cap), b, h, q, k)
+
+
 class FlexBackend(Backend):
     name = "flex"
     description = "torch FlexAttention (compiled); block-sparse masks, biases as score_mod"
     capabilities = Capabilities(
         devices=frozenset({"cpu", "cuda"}),
         dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
+        softcap=True,
         notes=("compiles once per shape and mask/bias program: the first call takes seconds",),
     )
 
@@ -127,12 +139,11 @@ class FlexBackend(Backend):
         return reasons
 
     def forward(self, call: AttentionCall) -> tuple[Tensor, Tensor | None]:
-        score_mod = call.bias.score_mod(call.tq, call.tk) if call.bias is not None else None
         out = _compiled()(
             call.q,
             call.k,
             call.v,
-            score_mod=score_mod,
+            score_mod=_score_mod(call),
             block_mask=block_mask_for(call),
             scale=call.scale,
             enable_gqa=call.groups > 1,

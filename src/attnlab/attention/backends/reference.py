@@ -16,6 +16,8 @@ class ReferenceBackend(Backend):
         devices=frozenset({"cpu", "cuda"}),
         dropout=True,
         weights=True,
+        softcap=True,
+        sinks=True,
     )
 
     def forward(self, call: AttentionCall) -> tuple[Tensor, Tensor | None]:

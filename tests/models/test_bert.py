@@ -67,7 +67,7 @@ def test_masked_lm_learns():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"head": "qa"}, "head: expected one of none, mlm, nsp, pretrain, classify, token, got"),
+        ({"head": "qa"}, "head: unknown BERT head .qa.; expected one of none, mlm, nsp, pretrain"),
         ({"head": "nsp", "pooler": False}, "pooler: the 'nsp' head reads the pooled vector"),
         ({"dim": 10}, "dim: expected a multiple of n_head=12, got 10"),
     ],

@@ -10,6 +10,7 @@ Shapes: B batch, T tokens, C width, V vocabulary, L labels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,9 +31,64 @@ from attnlab.models.output import (
 )
 from attnlab.models.positions import PositionArgs, make_positions
 from attnlab.models.variants import check_variants, self_attention
+from attnlab.names import unknown
 from attnlab.position import LearnedPositionalEmbedding
 
-HEADS = ("none", "mlm", "nsp", "pretrain", "classify", "token")
+
+@dataclass(frozen=True)
+class Head:
+    """A BERT head: the modules it adds and the logits it computes from the hidden states.
+
+    Module names are fixed (``mlm_dense``, ``mlm_norm``, ``mlm_bias``, ``classifier``): the
+    checkpoint maps name them."""
+
+    build: Callable[[BERT, BertConfig], None]
+    logits: Callable[[BERT, Tensor], tuple[Tensor, Tensor | None]]  # (logits, nsp logits)
+    pooled: bool = False  # reads the pooled [CLS] vector (needs the pooler)
+    loss: bool = True  # has labels to compute a loss against
+
+
+def _mlm_modules(m: BERT, c: BertConfig) -> None:
+    # Transform, then a decoder tied to the token embedding (with its own bias).
+    m.mlm_dense = nn.Linear(c.dim, c.dim)
+    m.mlm_norm = make_norm("layernorm", c.dim, eps=c.norm_eps)
+    m.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))
+
+
+def _mlm_logits(m: BERT, hidden: Tensor) -> Tensor:
+    h = m.mlm_norm(nn.functional.gelu(m.mlm_dense(hidden)))
+    return h @ m.tok.weight.t() + m.mlm_bias  # (B, T, V)
+
+
+def _classifier(outputs: Callable[[BertConfig], int]) -> Callable[[BERT, BertConfig], None]:
+    def build(m: BERT, c: BertConfig) -> None:
+        m.classifier = nn.Linear(c.dim, outputs(c))
+
+    return build
+
+
+def _both(m: BERT, c: BertConfig) -> None:
+    _mlm_modules(m, c)
+    m.classifier = nn.Linear(c.dim, 2)
+
+
+# name -> head; the config's ``head`` field picks one.
+HEADS: dict[str, Head] = {
+    "none": Head(lambda m, c: None, lambda m, h: (h, None), loss=False),
+    "mlm": Head(_mlm_modules, lambda m, h: (_mlm_logits(m, h), None)),
+    "nsp": Head(
+        _classifier(lambda c: 2), lambda m, h: (m.classifier(m.drop(m.pool(h))), None), True
+    ),  # (B, 2)
+    "pretrain": Head(_both, lambda m, h: (_mlm_logits(m, h), m.classifier(m.pool(h))), True),
+    "classify": Head(
+        _classifier(lambda c: c.num_labels),
+        lambda m, h: (m.classifier(m.drop(m.pool(h))), None),
+        True,
+    ),  # (B, L)
+    "token": Head(
+        _classifier(lambda c: c.num_labels), lambda m, h: (m.classifier(m.drop(h)), None)
+    ),  # (B, T, L)
+}
 
 
 @dataclass
@@ -65,12 +121,12 @@ class BertConfig:
         check_numbers(self, "norm_eps")
         check_numbers(self, "dropout", high=1.0)
         check_flags(self, "pooler")
-        if self.head in ("nsp", "pretrain", "classify") and not self.pooler:
+        if self.head not in HEADS:
+            raise unknown("head", "BERT head", self.head, HEADS)
+        if HEADS[self.head].pooled and not self.pooler:
             raise ValueError(
                 f"pooler: the {self.head!r} head reads the pooled vector; expected pooler=True"
             )
-        if self.head not in HEADS:
-            raise ValueError(f"head: expected one of {', '.join(HEADS)}, got {self.head!r}")
         if self.dim % self.n_head:
             raise ValueError(f"dim: expected a multiple of n_head={self.n_head}, got {self.dim}")
         if self.labels is not None:
@@ -126,14 +182,7 @@ class BERT(nn.Module):
             for _ in range(c.n_layer)
         )
         self.pooler = nn.Linear(c.dim, c.dim) if c.pooler else None
-        if c.head in ("mlm", "pretrain"):  # transform, then a decoder tied to the embedding
-            self.mlm_dense = nn.Linear(c.dim, c.dim)
-            self.mlm_norm = make_norm("layernorm", c.dim, eps=c.norm_eps)
-            self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))
-        if c.head in ("nsp", "pretrain"):
-            self.classifier = nn.Linear(c.dim, 2)
-        elif c.head in ("classify", "token"):
-            self.classifier = nn.Linear(c.dim, c.num_labels)
+        HEADS[c.head].build(self, c)
         self.apply(_init)
         apply_layer_heads(self)  # pruned layers: their own heads
 
@@ -220,22 +269,11 @@ class BERT(nn.Module):
         )
         hidden = stack.x
         head = self.config.head
-        nsp_logits = None
-        if head in ("mlm", "pretrain"):
-            h = self.mlm_norm(nn.functional.gelu(self.mlm_dense(hidden)))
-            logits = h @ self.tok.weight.t() + self.mlm_bias  # (B, T, V), tied decoder
-            if head == "pretrain":
-                nsp_logits = self.classifier(self.pool(hidden))  # (B, 2)
-        elif head in ("nsp", "classify"):
-            logits = self.classifier(self.drop(self.pool(hidden)))  # (B, 2) or (B, L)
-        elif head == "token":
-            logits = self.classifier(self.drop(hidden))  # (B, T, L)
-        else:
-            logits = hidden
+        logits, nsp_logits = HEADS[head].logits(self, hidden)
         loss = None
         if labels is not None:
-            if head == "none":
-                raise ValueError("labels: the model has no head (head='none') to compute a loss")
+            if not HEADS[head].loss:
+                raise ValueError(f"labels: the model has no head (head={head!r}) to compute a loss")
             loss = classification_loss(logits, labels)
         if next_sentence_label is not None:
             if nsp_logits is None:

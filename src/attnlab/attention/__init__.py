@@ -11,6 +11,7 @@ from attnlab.attention.backends import (
 )
 from attnlab.attention.bias import ALiBi, Bias, RelativePositionBias, alibi
 from attnlab.attention.kv_cache import KVCache
+from attnlab.attention.latent import LatentAttention, LatentCache
 from attnlab.attention.linear import LinearAttention, PerformerAttention, linear_attention
 from attnlab.attention.local import local_attention
 from attnlab.attention.lowrank import LinformerAttention
@@ -25,6 +26,8 @@ __all__ = [
     "Bias",
     "Capabilities",
     "KVCache",
+    "LatentAttention",
+    "LatentCache",
     "LinearAttention",
     "LinformerAttention",
     "Mask",

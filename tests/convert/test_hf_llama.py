@@ -138,9 +138,9 @@ def test_bad_llama_checkpoints_name_the_file_and_tensor(hf_dir, tmp_path):
     with pytest.raises(ValueError, match=r"gelu/config.json: hidden_act 'gelu' is not supported"):
         load_hf(gelu)
 
-    mistral = _variant(directory, tmp_path / "mistral", edit_config=set_field(model_type="mistral"))
-    with pytest.raises(ValueError, match=r"unsupported architecture \(model_type='mistral'"):
-        load_hf(mistral)
+    falcon = _variant(directory, tmp_path / "falcon", edit_config=set_field(model_type="falcon"))
+    with pytest.raises(ValueError, match=r"unsupported architecture \(model_type='falcon'"):
+        load_hf(falcon)
 
     no_field = _variant(
         directory, tmp_path / "no_field", edit_config=lambda cfg: cfg.pop("hidden_size")

@@ -12,10 +12,10 @@ headers before a key map walks the layers or a model is allocated. Errors about 
 configuration use the file's own keys (``num_attention_heads``, not attnlab's ``n_head``).
 
 Saving writes what transformers' ``from_pretrained`` reads, with outputs equal to attnlab's: GPT
-as GPT-2 (a bias-free GPT as GPT-2 with zero biases) or Llama, whichever can hold its
-configuration; BERT as the transformers class of its head; ViT as an image classifier; the
-encoder-decoder as Marian. Every file is written to a temporary name and renamed into place, so
-a reader never sees half of one.
+as GPT-2 (a bias-free GPT as GPT-2 with zero biases), Llama, Mistral, Qwen2 or Qwen3, the first
+that can hold its configuration; BERT as the transformers class of its head; ViT as an image
+classifier; the encoder-decoder as Marian. Every file is written to a temporary name and renamed
+into place, so a reader never sees half of one.
 """
 
 from __future__ import annotations
@@ -28,22 +28,31 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from attnlab.convert.maps import bert, gpt2, llama, marian, vit
+from attnlab.convert.maps import bert, gpt2, marian, vit
+from attnlab.convert.maps.common import KeyMap
+from attnlab.convert.maps.llama import LLAMA
+from attnlab.convert.maps.mistral import MISTRAL
+from attnlab.convert.maps.qwen2 import QWEN2
+from attnlab.convert.maps.qwen3 import QWEN3
 from attnlab.convert.paths import regular_file
 from attnlab.convert.state import build_model, check_config_sizes, in_file_terms
 from attnlab.files import atomic_write_text
 
-# model_type -> key map; save_hf tries them in this order for a model of their MODEL class.
-FAMILIES: dict[str, ModuleType] = {
+# model_type -> key map (a module or a map object: see KeyMap); save_hf tries them in
+# this order for a model of their MODEL class: the Llama-shaped families after Llama, for what
+# Llama cannot hold (a sliding window, q/k/v-only biases, query/key norms).
+FAMILIES: dict[str, KeyMap] = {
     "gpt2": gpt2,
-    "llama": llama,
+    "llama": LLAMA,
+    "mistral": MISTRAL,
+    "qwen2": QWEN2,
+    "qwen3": QWEN3,
     "bert": bert,
     "vit": vit,
     "marian": marian,
@@ -56,7 +65,7 @@ INDEX = "model.safetensors.index.json"
 MAX_JSON_BYTES = 64 * 2**20
 
 
-def _family(hf: dict, config_path: Path) -> ModuleType:
+def _family(hf: dict, config_path: Path) -> KeyMap:
     model_type = hf.get("model_type")
     if not isinstance(model_type, str) or model_type not in FAMILIES:
         archs = hf.get("architectures")
@@ -193,7 +202,7 @@ def _weights(directory: Path) -> _Weights:
     raise FileNotFoundError(f"{directory}: no {SINGLE}, {INDEX} or pytorch_model.bin")
 
 
-def _config(family: ModuleType, hf: dict, shapes: dict, config_path: Path):
+def _config(family: KeyMap, hf: dict, shapes: dict, config_path: Path):
     """``family.config_from_hf`` with its errors naming ``config_path`` and the file's keys."""
     try:
         return family.config_from_hf(hf, shapes)
@@ -206,9 +215,10 @@ def _config(family: ModuleType, hf: dict, shapes: dict, config_path: Path):
 
 
 def load_hf(directory: str | os.PathLike, *, weights: bool = True) -> nn.Module:
-    """The attnlab model for a Hugging Face checkpoint directory: GPT-2 and Llama (as ``GPT``),
-    BERT with its masked-LM, next-sentence, classification or no head (as ``BERT``), ViT image
-    classifiers (as ``ViT``) and Marian translation models (as ``EncoderDecoder``).
+    """The attnlab model for a Hugging Face checkpoint directory: GPT-2, Llama, Mistral, Qwen2
+    and Qwen3 (as ``GPT``), BERT with its masked-LM, next-sentence, classification or no head
+    (as ``BERT``), ViT image classifiers (as ``ViT``) and Marian translation models (as
+    ``EncoderDecoder``).
 
     Raises FileNotFoundError when the directory holds no ``config.json`` or no weights, and
     ValueError naming the file (and the key or tensor) for anything else: a configuration that
@@ -246,7 +256,7 @@ def load_hf(directory: str | os.PathLike, *, weights: bool = True) -> nn.Module:
     return build_model(family.MODEL, config, state, source)
 
 
-def _writer(model: nn.Module) -> ModuleType:
+def _writer(model: nn.Module) -> KeyMap:
     """The first family that can hold ``model``; otherwise an error with every family's reasons."""
     families = [f for f in FAMILIES.values() if isinstance(model, f.MODEL)]
     if not families:
@@ -321,7 +331,9 @@ def save_hf(
     The transformers model computes the same outputs as ``model``.
 
     A GPT is written as GPT-2 (learned positions, LayerNorm, GELU; without biases as zero
-    biases) or Llama (RoPE, RMSNorm, SwiGLU, no biases); BERT as the class of its head; ViT
+    biases) or Llama (RoPE, RMSNorm, SwiGLU, no biases but optionally on all four attention
+    projections), else as Mistral (a sliding window on every layer), Qwen2 (biases on the q/k/v
+    projections only) or Qwen3 (query/key RMSNorm); BERT as the class of its head; ViT
     (reading [CLS]) as ``ViTForImageClassification``; the post-norm encoder-decoder as
     ``MarianMTModel``. Any other configuration is a ValueError naming what cannot be written
     and why. Every file is written atomically; weights left by an earlier save in the other

@@ -42,6 +42,7 @@ class GPTConfig:
     n_head: int = 12  # query heads
     n_kv_head: int | None = None  # key/value heads (grouped-query); None = n_head
     dim: int = 768  # model width C
+    head_dim: int | None = None  # per-head width Dh; None = dim // n_head
     hidden: int | None = None  # MLP width; None = 4C (GELU) or Llama's 8C/3 rounded (SwiGLU)
     hidden_multiple_of: int = 256  # SwiGLU hidden width is rounded up to this
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
@@ -56,29 +57,41 @@ class GPTConfig:
     rank: int | None = None  # linformer: projected key/value rows (encoders only)
     score: str = "dot"  # softmax scoring: dot, general, cosine, euclidean or additive
     bias: bool = True  # biases in linear layers and LayerNorm
+    qkv_bias: bool | None = None  # biases on the query/key/value projections; None = bias
+    out_bias: bool | None = None  # bias on the attention output projection; None = bias
     tie_embeddings: bool = True  # output head shares the token embedding matrix
     qk_norm: bool = False  # RMSNorm on query/key heads
+    qk_norm_eps: float = 1e-6  # epsilon of the query/key RMSNorm
     dropout: float = 0.0  # dropout on embeddings, attention probabilities and residuals
     backend: str = "auto"  # attention backend name
     layer_heads: dict[str, dict] | None = None  # pruned attention modules -> heads kept, kv heads
 
     def __post_init__(self) -> None:
         check_sizes(self, "vocab_size", "max_len", "n_layer", "n_head", "dim")
-        check_sizes(self, "n_kv_head", "hidden", "hidden_multiple_of")
+        check_sizes(self, "n_kv_head", "head_dim", "hidden", "hidden_multiple_of")
         check_choice(self, "norm", NORMS)
         check_choice(self, "mlp", MLPS)
-        check_numbers(self, "norm_eps")
+        check_numbers(self, "norm_eps", "qk_norm_eps")
         check_numbers(self, "rope_base", positive=True)
         check_numbers(self, "dropout", high=1.0)
         check_flags(self, "bias", "tie_embeddings", "qk_norm")
+        if self.qkv_bias is None:
+            self.qkv_bias = self.bias
+        if self.out_bias is None:
+            self.out_bias = self.bias
+        check_flags(self, "qkv_bias", "out_bias")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.n_head % self.n_kv_head:
             raise ValueError(
                 f"n_kv_head: expected a divisor of n_head={self.n_head}, got {self.n_kv_head}"
             )
-        if self.dim % self.n_head:
-            raise ValueError(f"dim: expected a multiple of n_head={self.n_head}, got {self.dim}")
+        if self.head_dim is None:  # an explicit head_dim frees dim from n_head (Qwen3)
+            if self.dim % self.n_head:
+                raise ValueError(
+                    f"dim: expected a multiple of n_head={self.n_head}, got {self.dim}"
+                )
+            self.head_dim = self.dim // self.n_head
         check_variants(self, causal=True, family="a decoder-only model")
         if self.rope_scaling is not None and self.position != "rope":
             raise ValueError(
@@ -92,10 +105,6 @@ class GPTConfig:
             else:
                 self.hidden = 4 * self.dim
         check_layer_heads(self, attention_names(("", self.n_layer, ["attn"])))
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> GPTConfig:
@@ -147,8 +156,11 @@ class GPT(nn.Module):
                     pos.attention,
                     causal=True,
                     n_kv_heads=c.n_kv_head,
-                    bias=c.bias,
+                    head_dim=c.head_dim,
+                    bias=c.qkv_bias,
+                    out_bias=c.out_bias,
                     qk_norm=c.qk_norm,
+                    qk_norm_eps=c.qk_norm_eps,
                 ),
                 make_mlp(c.mlp, c.dim, c.hidden, bias=c.bias),
                 lambda: make_norm(c.norm, c.dim, eps=c.norm_eps, bias=c.bias),

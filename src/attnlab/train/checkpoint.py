@@ -194,6 +194,10 @@ def load_weights(model: nn.Module, path: Path) -> None:
         if f.default is not dataclasses.MISSING
     }
     theirs = {**defaults, **upgrade_config(meta.get("config", {}))}
+    # A field whose default None is derived from others (GPT's head_dim from dim and n_head)
+    # compares as derived: rebuilt through the config class, as the model's own was.
+    with contextlib.suppress(TypeError, ValueError):
+        theirs = dataclasses.asdict(type(unwrap(model).config)(**theirs))
     if meta.get("family") != ours["family"] or theirs != ours["config"]:
         diff = _config_diff(theirs, ours["config"])
         raise CheckpointError(

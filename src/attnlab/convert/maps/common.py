@@ -1,6 +1,28 @@
-"""Helpers the key maps share."""
+"""Helpers the key maps share, and the interface every key map has."""
 
 from __future__ import annotations
+
+from typing import Protocol
+
+from torch import Tensor, nn
+
+
+class KeyMap(Protocol):
+    """What :mod:`attnlab.convert.hf` reads from a family's key map (a module with these
+    names, or an object such as :class:`attnlab.convert.maps.llama.LlamaMap`)."""
+
+    NAME: str  # the family, in errors
+    MODEL: type[nn.Module]  # the attnlab model class
+    IGNORED_SUFFIXES: tuple[str, ...]  # stored tensors that are not weights (rotary tables)
+    CONFIG_KEYS: dict[str, str]  # attnlab config field -> config.json key
+    LAYERS: dict[str, str]  # config.json layer-count key -> tensor-name regex (layer index)
+    SIZES: list  # (config.json key, tensor names, axis) the tensors' shapes must agree with
+
+    def config_from_hf(self, hf: dict, tensors: dict): ...
+    def supports(self, c) -> list[str]: ...
+    def config_to_hf(self, c) -> dict: ...
+    def to_attnlab(self, sd: dict[str, Tensor], c) -> dict[str, Tensor]: ...
+    def from_attnlab(self, sd: dict[str, Tensor], c) -> dict[str, Tensor]: ...
 
 
 def linear_keys(ours: str, theirs: str) -> dict[str, str]:
@@ -48,13 +70,16 @@ def size_field(hf: dict, key: str) -> int:
     return value
 
 
-def variant_reasons(c, family: str, position: str) -> list[str]:
-    """Why config ``c`` is not the plain softmax attention with ``position`` that the Hugging
-    Face ``family`` has (empty when it is): attnlab's other attention kinds, scores and
-    positions have no place in that family's config.json."""
+def variant_reasons(
+    c, family: str, position: str, *, kinds: tuple[str, ...] = ("softmax",)
+) -> list[str]:
+    """Why config ``c`` is not the plain attention (one of ``kinds``: softmax, or also
+    "local" for a family with sliding windows) with ``position`` that the Hugging Face
+    ``family`` has (empty when it is): attnlab's other attention kinds, scores and positions
+    have no place in that family's config.json."""
     bad = []
-    if c.attention != "softmax":
-        bad.append(f"attention={c.attention!r} ({family} uses softmax attention)")
+    if c.attention not in kinds:
+        bad.append(f"attention={c.attention!r} ({family} uses {' or '.join(kinds)} attention)")
     if c.score != "dot":
         bad.append(f"score={c.score!r} ({family} uses the scaled dot product)")
     if c.position != position:

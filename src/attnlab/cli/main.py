@@ -41,6 +41,7 @@ def _register() -> None:
         backends,
         bench,
         chat,
+        compare,
         convert,
         evaluate,
         heads,
@@ -64,6 +65,7 @@ def _register() -> None:
     cli.add_command(inspect_page.inspect_page)
     cli.add_command(heads.heads)
     cli.add_command(prune.prune)
+    cli.add_command(compare.compare)
 
 
 _register()

@@ -276,3 +276,28 @@ def test_a_run_written_before_the_renaming_resumes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout
     assert (run / "checkpoints" / "step-0000004").is_dir()
+
+
+def test_soft_capped_scores_and_sinks_in_a_gpt_train_and_decode():
+    torch.manual_seed(7)
+    model = _gpt(position="rope", softcap=5.0, sinks=True)
+    assert model.blocks[0].attn.sinks.shape == (2,)
+    batch = _batch("gpt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        assert model.blocks[0].attn.sinks.grad.abs().sum() > 0  # the sinks learn
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+    model.eval()
+    ids = torch.randint(0, V, (2, 10))
+    caches = model.make_caches(2, 32, kind="static")
+    steps = [model(ids[:, :4], caches=caches).logits]
+    steps += [model(ids[:, i : i + 1], caches=caches).logits for i in range(4, 10)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), model(ids).logits, atol=2e-6, rtol=0)
+    with pytest.raises(ValueError, match="sinks: acts on softmax scores, which attention='linear'"):
+        _gpt(attention="linear", sinks=True)

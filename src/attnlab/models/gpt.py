@@ -62,6 +62,8 @@ class GPTConfig:
     tie_embeddings: bool = True  # output head shares the token embedding matrix
     qk_norm: bool = False  # RMSNorm on query/key heads
     qk_norm_eps: float = 1e-6  # epsilon of the query/key RMSNorm
+    softcap: float | None = None  # attention scores soft-capped at this value (Gemma 2: 50)
+    sinks: bool = False  # a learned attention sink logit per head (gpt-oss)
     dropout: float = 0.0  # dropout on embeddings, attention probabilities and residuals
     backend: str = "auto"  # attention backend name
     layer_heads: dict[str, dict] | None = None  # pruned attention modules -> heads kept, kv heads
@@ -74,7 +76,9 @@ class GPTConfig:
         check_numbers(self, "norm_eps", "qk_norm_eps")
         check_numbers(self, "rope_base", positive=True)
         check_numbers(self, "dropout", high=1.0)
-        check_flags(self, "bias", "tie_embeddings", "qk_norm")
+        check_flags(self, "bias", "tie_embeddings", "qk_norm", "sinks")
+        if self.softcap is not None:
+            check_numbers(self, "softcap", positive=True)
         if self.qkv_bias is None:
             self.qkv_bias = self.bias
         if self.out_bias is None:
@@ -161,6 +165,8 @@ class GPT(nn.Module):
                     out_bias=c.out_bias,
                     qk_norm=c.qk_norm,
                     qk_norm_eps=c.qk_norm_eps,
+                    softcap=c.softcap,
+                    sinks=c.sinks,
                 ),
                 make_mlp(c.mlp, c.dim, c.hidden, bias=c.bias),
                 lambda: make_norm(c.norm, c.dim, eps=c.norm_eps, bias=c.bias),

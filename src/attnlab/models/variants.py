@@ -29,6 +29,13 @@ def check_variants(config, *, causal: bool, family: str) -> None:
         raise unknown("score", "score", config.score, SCORES)
     kind = kinds.check_config(config, causal=causal, family=family)
     positions.check_config(config, kind)
+    if not kind.scores:
+        for field in ("softcap", "sinks"):
+            if getattr(config, field, None):
+                raise ValueError(
+                    f"{field}: acts on softmax scores, which attention={kind.name!r} does not "
+                    "have"
+                )
 
 
 def self_attention(config, position: Position, *, causal: bool, **kwargs) -> MultiHeadAttention:

@@ -35,6 +35,12 @@ SHRINK = [
     (r"(--prompt Hello)$", r"\1 --max-new-tokens 8"),  # SmolLM2's 135M parameters
     (r"(corpus=my_book.txt)$", r"\1 eval_batches=1 batch_size=2"),
     (r"--text '[^']*'", "--text 'ROMEO: the quick brown fox'"),  # the test book's characters
+    (
+        r"^attnlab compare --preset shakespeare-char --vary .* --steps 400 (--out study)$",
+        "attnlab compare --preset shakespeare-char model.n_layer=1 model.n_head=2 model.dim=32 "
+        "block_size=16 batch_size=2 eval_batches=1 --vary attention=softmax,linear position=rope "
+        r"--steps 2 --measure-max-len 64 --eval-windows 1 \1",
+    ),
 ]
 # Commands that need what a CPU-only test machine lacks.
 NEEDS = {"device=cuda": "a CUDA device"}

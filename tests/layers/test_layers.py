@@ -24,7 +24,9 @@ def test_swiglu_and_gelu_mlp_formulas():
 def test_norm_factory():
     assert make_norm("layernorm", 8, bias=False).bias is None
     assert isinstance(make_norm("rmsnorm", 8), nn.RMSNorm)
-    with pytest.raises(ValueError, match="norm: expected one of layernorm, rmsnorm, got 'batch'"):
+    with pytest.raises(
+        ValueError, match="norm: expected one of layernorm, rmsnorm, rmsnorm_offset, got 'batch'"
+    ):
         make_norm("batch", 8)
     relu = make_mlp("relu", 8, 8, bias=True)
     x = torch.randn(3, 8)

@@ -12,10 +12,10 @@ headers before a key map walks the layers or a model is allocated. Errors about 
 configuration use the file's own keys (``num_attention_heads``, not attnlab's ``n_head``).
 
 Saving writes what transformers' ``from_pretrained`` reads, with outputs equal to attnlab's: GPT
-as GPT-2 (a bias-free GPT as GPT-2 with zero biases), Llama, Mistral, Qwen2 or Qwen3, the first
-that can hold its configuration; BERT as the transformers class of its head; ViT as an image
-classifier; the encoder-decoder as Marian. Every file is written to a temporary name and renamed
-into place, so a reader never sees half of one.
+as GPT-2 (a bias-free GPT as GPT-2 with zero biases), Llama, Mistral, Qwen2, Qwen3 or Gemma 2,
+the first that can hold its configuration; BERT as the transformers class of its head; ViT as
+an image classifier; the encoder-decoder as Marian. Every file is written to a temporary name and
+renamed into place, so a reader never sees half of one.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from attnlab.convert.maps import bert, gpt2, marian, vit
 from attnlab.convert.maps.common import KeyMap
+from attnlab.convert.maps.gemma2 import GEMMA2
 from attnlab.convert.maps.llama import LLAMA
 from attnlab.convert.maps.mistral import MISTRAL
 from attnlab.convert.maps.qwen2 import QWEN2
@@ -46,13 +47,14 @@ from attnlab.files import atomic_write_text
 
 # model_type -> key map (a module or a map object: see KeyMap); save_hf tries them in
 # this order for a model of their MODEL class: the Llama-shaped families after Llama, for what
-# Llama cannot hold (a sliding window, q/k/v-only biases, query/key norms).
+# Llama cannot hold (a sliding window, q/k/v-only biases, query/key norms), then Gemma 2.
 FAMILIES: dict[str, KeyMap] = {
     "gpt2": gpt2,
     "llama": LLAMA,
     "mistral": MISTRAL,
     "qwen2": QWEN2,
     "qwen3": QWEN3,
+    "gemma2": GEMMA2,
     "bert": bert,
     "vit": vit,
     "marian": marian,
@@ -215,9 +217,9 @@ def _config(family: KeyMap, hf: dict, shapes: dict, config_path: Path):
 
 
 def load_hf(directory: str | os.PathLike, *, weights: bool = True) -> nn.Module:
-    """The attnlab model for a Hugging Face checkpoint directory: GPT-2, Llama, Mistral, Qwen2
-    and Qwen3 (as ``GPT``), BERT with its masked-LM, next-sentence, classification or no head
-    (as ``BERT``), ViT image classifiers (as ``ViT``) and Marian translation models (as
+    """The attnlab model for a Hugging Face checkpoint directory: GPT-2, Llama, Mistral, Qwen2,
+    Qwen3 and Gemma 2 (as ``GPT``), BERT with its masked-LM, next-sentence, classification or
+    no head (as ``BERT``), ViT image classifiers (as ``ViT``) and Marian translation models (as
     ``EncoderDecoder``).
 
     Raises FileNotFoundError when the directory holds no ``config.json`` or no weights, and
@@ -333,7 +335,8 @@ def save_hf(
     A GPT is written as GPT-2 (learned positions, LayerNorm, GELU; without biases as zero
     biases) or Llama (RoPE, RMSNorm, SwiGLU, no biases but optionally on all four attention
     projections), else as Mistral (a sliding window on every layer), Qwen2 (biases on the q/k/v
-    projections only) or Qwen3 (query/key RMSNorm); BERT as the class of its head; ViT
+    projections only), Qwen3 (query/key RMSNorm) or Gemma 2 (its norms, GeGLU, soft-capping and
+    alternating windows: see :mod:`attnlab.convert.maps.gemma2`); BERT as the class of its head; ViT
     (reading [CLS]) as ``ViTForImageClassification``; the post-norm encoder-decoder as
     ``MarianMTModel``. Any other configuration is a ValueError naming what cannot be written
     and why. Every file is written atomically; weights left by an earlier save in the other

@@ -12,13 +12,17 @@ from attnlab.attention.points import make_points
 
 
 class Block(nn.Module):
-    """x + attn(norm(x)), then x + mlp(norm(x)) (pre-norm); or norm(x + attn(x)), ... (post-norm).
+    """x + attn(norm(x)), then x + mlp(norm(x)) (pre-norm); or norm(x + attn(x)), ... (post-norm);
+    or x + norm(attn(norm(x))), ... (sandwich).
 
     Args:
         attn: self-attention module.
         mlp: feed-forward module.
         make_norm: a function giving a fresh norm layer (one per sub-layer).
         prenorm: pre-norm (True) or post-norm (False) residual form.
+        sandwich: pre-norm only: also normalise each sub-layer's output before the residual
+            add, x + norm2(fn(norm1(x))) (Gemma 2's post-attention and post-feed-forward norms;
+            modules ``attn_post_norm``, ``mlp_post_norm``).
         dropout: dropout on each sub-layer's output before the residual add.
         cross: optional cross-attention module (encoder-decoder).
     """
@@ -30,12 +34,23 @@ class Block(nn.Module):
         make_norm,
         *,
         prenorm: bool = True,
+        sandwich: bool = False,
         dropout: float = 0.0,
         cross: MultiHeadAttention | None = None,
     ) -> None:
         super().__init__()
+        if sandwich and (not prenorm or cross is not None):
+            raise ValueError(
+                "sandwich: output norms need a pre-norm block without cross-attention, got "
+                f"prenorm={prenorm!r}, cross={'a module' if cross is not None else None}"
+            )
         self.attn, self.mlp, self.cross = attn, mlp, cross
         self.attn_norm, self.mlp_norm = make_norm(), make_norm()
+        # Only sandwich blocks have these modules: other blocks' state dicts stay as they were.
+        if sandwich:
+            self.attn_post_norm, self.mlp_post_norm = make_norm(), make_norm()
+        else:
+            self.attn_post_norm = self.mlp_post_norm = None
         self.cross_norm = make_norm() if cross is not None else None
         self.prenorm = prenorm
         self.drop = nn.Dropout(dropout)
@@ -44,10 +59,11 @@ class Block(nn.Module):
             self.POINTS = ("resid_pre", "resid_mid", "resid_cross", "mlp_out", "resid_post")
         make_points(self, self.POINTS)
 
-    def _residual(self, x: Tensor, norm: nn.Module, fn) -> Tensor:
-        """Apply one sub-layer ``fn`` with its residual connection."""
+    def _residual(self, x: Tensor, norm: nn.Module, fn, post: nn.Module | None = None) -> Tensor:
+        """Apply one sub-layer ``fn`` with its residual connection (``post``: its output norm)."""
         if self.prenorm:
-            return x + self.drop(fn(norm(x)))
+            out = fn(norm(x))
+            return x + self.drop(out if post is None else post(out))
         return norm(x + self.drop(fn(x)))
 
     def forward(
@@ -66,10 +82,13 @@ class Block(nn.Module):
 
         Hook points (B, T, C): ``resid_pre`` (the input), ``resid_mid`` (after self-attention),
         ``resid_cross`` (after cross-attention, decoder blocks only), ``mlp_out`` (the MLP's
-        output before the residual add) and ``resid_post`` (the output)."""
+        output before any sandwich norm and the residual add) and ``resid_post`` (the output)."""
         x = self.hook_resid_pre(x)
         x = self._residual(
-            x, self.attn_norm, lambda h: self.attn(h, mask=mask, cache=cache, positions=positions)
+            x,
+            self.attn_norm,
+            lambda h: self.attn(h, mask=mask, cache=cache, positions=positions),
+            self.attn_post_norm,
         )
         x = self.hook_resid_mid(x)
         if self.cross is not None:
@@ -81,5 +100,7 @@ class Block(nn.Module):
                 lambda h: self.cross(h, context, mask=context_mask, cache=cross_cache),
             )
             x = self.hook_resid_cross(x)
-        x = self._residual(x, self.mlp_norm, lambda h: self.hook_mlp_out(self.mlp(h)))
+        x = self._residual(
+            x, self.mlp_norm, lambda h: self.hook_mlp_out(self.mlp(h)), self.mlp_post_norm
+        )
         return self.hook_resid_post(x)

@@ -5,6 +5,10 @@
 * Llama (Touvron et al. 2023): rotary positions, RMSNorm, SwiGLU MLP, grouped-query attention,
   no biases, untied head.
 
+Options beyond both give Gemma 2 (Gemma Team 2024): a ``1 + weight`` RMSNorm, sandwich norms,
+a tanh-GeGLU MLP, scaled embeddings, a score scale of its own, soft-capped attention scores and
+logits, and sliding-window layers alternating with global ones (``layer_windows``).
+
 Both are pre-norm stacks of :class:`attnlab.layers.Block`; attention runs through
 :func:`attnlab.attention.attend` with the backend named in the config.
 
@@ -20,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.attention import masks
+from attnlab.attention import kinds, masks
 from attnlab.attention.caches import Caches
 from attnlab.layers import Block, make_mlp, make_norm
-from attnlab.layers.mlp import MLPS
+from attnlab.layers.mlp import GATED, MLPS
 from attnlab.layers.norms import NORMS
 from attnlab.models import presets
 from attnlab.models.checks import check_choice, check_flags, check_numbers, check_sizes
@@ -43,16 +47,17 @@ class GPTConfig:
     n_kv_head: int | None = None  # key/value heads (grouped-query); None = n_head
     dim: int = 768  # model width C
     head_dim: int | None = None  # per-head width Dh; None = dim // n_head
-    hidden: int | None = None  # MLP width; None = 4C (GELU) or Llama's 8C/3 rounded (SwiGLU)
-    hidden_multiple_of: int = 256  # SwiGLU hidden width is rounded up to this
-    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    hidden: int | None = None  # MLP width; None = 4C (GELU) or Llama's 8C/3 rounded (gated)
+    hidden_multiple_of: int = 256  # a gated MLP's default hidden width is rounded up to this
+    norm: str = "layernorm"  # "layernorm", "rmsnorm" or "rmsnorm_offset" (Gemma: 1 + weight)
     norm_eps: float = 1e-5  # epsilon of every norm
-    mlp: str = "gelu_tanh"  # "gelu", "gelu_tanh" or "swiglu"
+    mlp: str = "gelu_tanh"  # "gelu", "gelu_tanh", "swiglu" or "geglu_tanh" (Gemma)
     position: str = "learned"  # none, learned, sinusoidal, rope, alibi or t5
     rope_base: float = 10000.0  # RoPE base (theta)
     rope_scaling: dict | None = None  # {"kind": "yarn"|"llama3"|"dynamic"|"linear"|"ntk", ...}
     attention: str = "softmax"  # softmax, local, linear or performer (attnlab.attention.kinds)
     window: int | None = None  # local attention: the most recent keys each query sees
+    layer_windows: list[int | None] | None = None  # per layer: local window or None (global)
     n_features: int | None = None  # performer: random features (None: D ln D)
     rank: int | None = None  # linformer: projected key/value rows (encoders only)
     score: str = "dot"  # softmax scoring: dot, general, cosine, euclidean or additive
@@ -63,6 +68,10 @@ class GPTConfig:
     qk_norm: bool = False  # RMSNorm on query/key heads
     qk_norm_eps: float = 1e-6  # epsilon of the query/key RMSNorm
     softcap: float | None = None  # attention scores soft-capped at this value (Gemma 2: 50)
+    attn_scale: float | None = None  # dot-product score scale; None = head_dim ** -0.5
+    sandwich_norm: bool = False  # also norm each sub-layer's output before the residual add
+    scale_embeddings: bool = False  # token embeddings times sqrt(dim), in their dtype (Gemma)
+    logit_softcap: float | None = None  # logits soft-capped: c * tanh(logits / c) (Gemma 2: 30)
     sinks: bool = False  # a learned attention sink logit per head (gpt-oss)
     dropout: float = 0.0  # dropout on embeddings, attention probabilities and residuals
     backend: str = "auto"  # attention backend name
@@ -77,8 +86,10 @@ class GPTConfig:
         check_numbers(self, "rope_base", positive=True)
         check_numbers(self, "dropout", high=1.0)
         check_flags(self, "bias", "tie_embeddings", "qk_norm", "sinks")
-        if self.softcap is not None:
-            check_numbers(self, "softcap", positive=True)
+        check_flags(self, "sandwich_norm", "scale_embeddings")
+        for name in ("softcap", "attn_scale", "logit_softcap"):
+            if getattr(self, name) is not None:
+                check_numbers(self, name, positive=True)
         if self.qkv_bias is None:
             self.qkv_bias = self.bias
         if self.out_bias is None:
@@ -97,18 +108,49 @@ class GPTConfig:
                 )
             self.head_dim = self.dim // self.n_head
         check_variants(self, causal=True, family="a decoder-only model")
+        self._check_layer_windows()
+        if self.attn_scale is not None and (
+            self.score != "dot" or not kinds.get_kind(self.attention).scores
+        ):
+            raise ValueError(
+                "attn_scale: scales dot-product softmax scores; this config has "
+                f"attention={self.attention!r}, score={self.score!r}"
+            )
         if self.rope_scaling is not None and self.position != "rope":
             raise ValueError(
                 f"rope_scaling: scales rotary positions; this config has position={self.position!r}"
             )
         scaling_from_dict(self.rope_scaling)  # checked here, built with the model
         if self.hidden is None:
-            if self.mlp == "swiglu":  # Llama: 2/3 of 4C, rounded up to a multiple
+            if self.mlp in GATED:  # Llama: 2/3 of 4C, rounded up to a multiple
                 m = self.hidden_multiple_of
                 self.hidden = m * math.ceil(int(8 * self.dim / 3) / m)
             else:
                 self.hidden = 4 * self.dim
         check_layer_heads(self, attention_names(("", self.n_layer, ["attn"])))
+
+    def _check_layer_windows(self) -> None:
+        """``layer_windows``: one entry per layer, each a window (a positive int) or None, on
+        softmax attention (windowed layers become local attention, the others stay softmax)."""
+        lw = self.layer_windows
+        if lw is None:
+            return
+        if not isinstance(lw, list | tuple) or len(lw) != self.n_layer:
+            raise ValueError(
+                f"layer_windows: expected a list of n_layer={self.n_layer} entries (a window or "
+                f"None each), got {lw!r:.120}"
+            )
+        for w in lw:
+            if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
+                raise ValueError(
+                    f"layer_windows: expected each entry a positive int or None, got {w!r:.40}"
+                )
+        if self.attention != "softmax":
+            raise ValueError(
+                "layer_windows: gives some layers local attention and leaves the others softmax; "
+                f"expected attention='softmax', got {self.attention!r}"
+            )
+        self.layer_windows = list(lw)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> GPTConfig:
@@ -153,12 +195,14 @@ class GPT(nn.Module):
         )  # fmt: skip
         self.pos = pos.embedding
         self.drop = nn.Dropout(c.dropout)
+        windows = c.layer_windows or [None] * c.n_layer
         self.blocks = nn.ModuleList(
             Block(
                 self_attention(
                     c,
                     pos.attention,
                     causal=True,
+                    layer_window=window,
                     n_kv_heads=c.n_kv_head,
                     head_dim=c.head_dim,
                     bias=c.qkv_bias,
@@ -167,12 +211,14 @@ class GPT(nn.Module):
                     qk_norm_eps=c.qk_norm_eps,
                     softcap=c.softcap,
                     sinks=c.sinks,
+                    scale=c.attn_scale,
                 ),
                 make_mlp(c.mlp, c.dim, c.hidden, bias=c.bias),
                 lambda: make_norm(c.norm, c.dim, eps=c.norm_eps, bias=c.bias),
+                sandwich=c.sandwich_norm,
                 dropout=c.dropout,
             )
-            for _ in range(c.n_layer)
+            for window in windows
         )
         self.norm = make_norm(c.norm, c.dim, eps=c.norm_eps, bias=c.bias)
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
@@ -252,6 +298,8 @@ class GPT(nn.Module):
             mask, positions = self._dynamic(input_ids, caches, attention_mask, positions)
 
         x = self.tok(input_ids)  # (B, T, C)
+        if self.config.scale_embeddings:  # the factor rounded to the weights' dtype, as Gemma's
+            x = x * torch.tensor(self.config.dim**0.5, dtype=x.dtype, device=x.device)
         if self.pos is not None:
             x = x + self.pos(positions)
         stack = run_blocks(
@@ -273,6 +321,9 @@ class GPT(nn.Module):
         if logits_to_keep and labels is not None:
             raise ValueError("logits_to_keep: the loss needs every position's logits")
         logits = self.head(x[:, -logits_to_keep:] if logits_to_keep else x)  # (B, T or n, V)
+        cap = self.config.logit_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
         return ModelOutput(
             logits,
             hidden_states=(*stack.hidden_states, x) if output_hidden_states else None,

@@ -33,17 +33,20 @@ def check_variants(config, *, causal: bool, family: str) -> None:
         for field in ("softcap", "sinks"):
             if getattr(config, field, None):
                 raise ValueError(
-                    f"{field}: acts on softmax scores, which attention={kind.name!r} does not "
-                    "have"
+                    f"{field}: acts on softmax scores, which attention={kind.name!r} does not have"
                 )
 
 
-def self_attention(config, position: Position, *, causal: bool, **kwargs) -> MultiHeadAttention:
+def self_attention(
+    config, position: Position, *, causal: bool, layer_window: int | None = None, **kwargs
+) -> MultiHeadAttention:
     """A self-attention module with a config's choices (width, heads, dropout, backend, kind,
-    its options and score) and the stack's ``position``; ``kwargs`` add the family's own
-    (``n_kv_heads``, ``bias``, ``qk_norm``)."""
+    its options and score) and the stack's ``position``; ``layer_window`` makes this layer
+    local attention within that window whatever the config's kind (per-layer windows);
+    ``kwargs`` add the family's own (``n_kv_heads``, ``bias``, ``qk_norm``)."""
+    attention = config.attention if layer_window is None else "local"
     options = {
-        "window": config.window,
+        "window": config.window if layer_window is None else layer_window,
         "n_features": config.n_features,
         "rank": config.rank,
         "max_len": config.max_len,
@@ -55,7 +58,7 @@ def self_attention(config, position: Position, *, causal: bool, **kwargs) -> Mul
         dropout=config.dropout,
         backend=config.backend,
         position=position,
-        attention=config.attention,
+        attention=attention,
         options=options,
         score=config.score,
         **kwargs,

@@ -70,6 +70,19 @@ def size_field(hf: dict, key: str) -> int:
     return value
 
 
+# GPTConfig options that GPT-2 and Llama-shaped checkpoints have no key for, at the values
+# that leave them off (a family holding some of them overrides those)
+GPT_EXTRAS = {
+    "layer_windows": None,
+    "softcap": None,
+    "sinks": False,
+    "attn_scale": None,
+    "sandwich_norm": False,
+    "scale_embeddings": False,
+    "logit_softcap": None,
+}
+
+
 def variant_reasons(
     c, family: str, position: str, *, kinds: tuple[str, ...] = ("softmax",)
 ) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnlab.convert.maps.common import size_field, variant_reasons
+from attnlab.convert.maps.common import GPT_EXTRAS, size_field, variant_reasons
 from attnlab.models.gpt import GPT, GPTConfig
 
 NAME = "GPT-2"
@@ -98,7 +98,7 @@ def config_from_hf(hf: dict, tensors: dict[str, Tensor] | None = None) -> GPTCon
 def supports(c: GPTConfig) -> list[str]:
     """Why ``c`` cannot be written as GPT-2 (empty when it can). ``bias=False`` can: zero
     biases."""
-    want = {"norm": "layernorm", "qk_norm": False}
+    want = {**GPT_EXTRAS, "norm": "layernorm", "qk_norm": False}
     bad = [
         f"{k}={getattr(c, k)!r} (GPT-2 needs {v!r})" for k, v in want.items() if getattr(c, k) != v
     ] + variant_reasons(c, "GPT-2", "learned")

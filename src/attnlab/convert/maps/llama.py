@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from attnlab.convert.maps.common import size_field, variant_reasons
+from attnlab.convert.maps.common import GPT_EXTRAS, size_field, variant_reasons
 from attnlab.convert.maps.rope_scaling import scaling_from_hf, scaling_to_hf
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.position import DynamicNTKScaling, scaling_from_dict, scaling_to_dict
@@ -84,6 +84,8 @@ class LlamaMap:
     ATTENTION_BIAS: ClassVar[str | tuple[bool, bool]] = "attention_bias"
     QK_NORM: ClassVar[bool] = False  # RMSNorm on each query and key head (eps rms_norm_eps)
     WINDOWS: ClassVar[bool] = False  # sliding-window attention (attention="local") possible
+    # GPTConfig fields and the values the family's layers need (supports() names the others)
+    LAYOUT: ClassVar[dict] = {**GPT_EXTRAS, "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
     # config.json keys whose true value this family's layers would follow and attnlab cannot
     REFUSED: ClassVar[dict[str, str]] = {"mlp_bias": "biases on the MLP projections"}
 
@@ -151,7 +153,7 @@ class LlamaMap:
 
     def supports(self, c: GPTConfig) -> list[str]:
         """Why ``c`` cannot be written as this family (empty when it can)."""
-        want = {"norm": "rmsnorm", "mlp": "swiglu", "bias": False, "qk_norm": self.QK_NORM}
+        want = {**self.LAYOUT, "qk_norm": self.QK_NORM}
         reasons = [
             f"{k}={getattr(c, k)!r} ({self.NAME} needs {v!r})"
             for k, v in want.items()

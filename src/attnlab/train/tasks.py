@@ -3,9 +3,12 @@
 A task owns the model, the tokenizer and the data of a run and tells the trainer four things:
 the next training batch (drawn with the trainer's generator, so it is reproducible), the loss of
 a batch, the evaluation metrics, and what to leave behind at the end (a text sample for language
-models). Tasks: ``lm`` (GPT on a token stream), ``mlm`` (BERT masked LM + next sentence),
-``classify`` (BERT sequence classification), ``translate`` (encoder-decoder with BLEU) and
-``vit`` (image classification).
+models). Tasks (:data:`TASKS`): ``lm`` (GPT on a token stream), ``mlm`` (BERT masked LM + next
+sentence), ``classify`` (BERT sequence classification, accuracy and macro-F1), ``translate``
+and ``summarize`` (the encoder-decoder on text pairs, one code path: :class:`Seq2SeqTask`,
+scored by BLEU and by ROUGE) and ``vit`` (image classification). Tokenizer kinds are the
+registry :data:`TOKENIZERS`, the task that scores a model of each family by default
+:data:`DEFAULT_TASKS`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 import importlib.util
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.models import BERT, from_preset, set_backend
+from attnlab.models import BERT, GPT, EncoderDecoder, ViT, from_preset, set_backend
+from attnlab.names import closest
 from attnlab.train.config import TrainConfig
 
 MINILM = "minilm"
@@ -41,29 +46,70 @@ def minilm_dir() -> Path:
 # -- tokenizers ----------------------------------------------------------------------------------
 
 
-def make_tokenizer(config: TrainConfig, text: str | None):
-    """The run's tokenizer: "char" or "bpe" (built from ``text``), "minilm" (the packaged
-    WordPiece vocabulary), "gpt2" (GPT-2's BPE) or a path :func:`attnlab.tokenizers.load`
-    reads."""
+def _training_text(config: TrainConfig, text: str | None) -> str:
+    """The text a tokenizer kind learns its vocabulary from; a ValueError naming the setting
+    when the task has none (a classifier reads a fixed vocabulary)."""
+    if text is None:
+        fixed = ", ".join(k for k in TOKENIZERS if k not in TRAINED_TOKENIZERS)
+        raise ValueError(
+            f"tokenizer: {config.tokenizer!r} learns its vocabulary from the run's text, and "
+            f"task {config.task!r} has none to learn from; expected {fixed} or a tokenizer path"
+        )
+    return text
+
+
+def _char_tokenizer(config: TrainConfig, text: str | None, special_tokens=None):
+    from attnlab.data.chars import CharTokenizer
+
+    return CharTokenizer.from_text(_training_text(config, text))
+
+
+def _bpe_tokenizer(config: TrainConfig, text: str | None, special_tokens=None):
+    from attnlab.data.bpe import train_bpe
+
+    options = {} if special_tokens is None else {"special_tokens": special_tokens}
+    return train_bpe(_training_text(config, text), config.vocab_size, **options)
+
+
+def _minilm_tokenizer(config: TrainConfig, text: str | None, special_tokens=None):
     from attnlab import tokenizers
 
+    return tokenizers.load(minilm_dir())
+
+
+def _gpt2_tokenizer(config: TrainConfig, text: str | None, special_tokens=None):
+    from attnlab import tokenizers
+
+    return tokenizers.gpt2_tiktoken()
+
+
+# Tokenizer kinds the ``tokenizer`` setting names: kind -> builder(config, text,
+# special_tokens). Any other value is a path that attnlab.tokenizers.load reads.
+TOKENIZERS: dict[str, Callable[..., Any]] = {
+    "char": _char_tokenizer,  # one id per character of the text
+    "bpe": _bpe_tokenizer,  # byte-level BPE of vocab_size ids trained on the text
+    MINILM: _minilm_tokenizer,  # the packaged MiniLM WordPiece vocabulary
+    "gpt2": _gpt2_tokenizer,  # GPT-2's BPE ranks (packaged with openai-whisper)
+}
+TRAINED_TOKENIZERS = frozenset({"char", "bpe"})  # the kinds that learn from the run's text
+
+
+def make_tokenizer(config: TrainConfig, text: str | None, special_tokens=None):
+    """The run's tokenizer of the kind ``config.tokenizer`` names (:data:`TOKENIZERS`: "char"
+    or "bpe" learnt from ``text``, "minilm", "gpt2") or read from that path by
+    :func:`attnlab.tokenizers.load`. ``special_tokens`` are the tokens a BPE trained here
+    starts its vocabulary with (default: ``<|endoftext|>``)."""
     name = config.tokenizer
-    if name == "char":
-        from attnlab.data.chars import CharTokenizer
-
-        return CharTokenizer.from_text(text)
-    if name == "bpe":
-        from attnlab.data.bpe import train_bpe
-
-        return train_bpe(text, config.vocab_size)
-    if name == MINILM:
-        return tokenizers.load(minilm_dir())
-    if name == "gpt2":
-        return tokenizers.gpt2_tiktoken()
+    build = TOKENIZERS.get(name)
+    if build is not None:
+        return build(config, text, special_tokens)
     if not Path(name).exists():
         raise ValueError(
-            f"tokenizer: expected char, bpe, minilm, gpt2 or a tokenizer path, got {name!r}"
+            f"tokenizer: expected {', '.join(TOKENIZERS)} or the path of a tokenizer, got "
+            f"{name!r}{closest(name, list(TOKENIZERS))}"
         )
+    from attnlab import tokenizers
+
     return tokenizers.load(name)
 
 
@@ -317,24 +363,26 @@ class ClassifyTask(Task):
         return int(batch["attention_mask"].sum())
 
     def evaluate(self, model, device):
+        """Loss, accuracy and macro-F1 (:mod:`attnlab.train.metrics`) on the test split, or on
+        its first ``eval_batches`` batches."""
+        from attnlab.train.metrics import ClassificationScore
+
         c = self.config
-        right = seen = 0
-        loss_sum = 0.0
         texts, labels = self.test_set.texts, self.test_set.labels
         if not texts:  # split() prevents it; an empty test set must never score 0/0
             raise ValueError(f"dataset: the test split of {c.dataset} is empty")
         n_batches = math.ceil(len(texts) / c.batch_size)
         if c.eval_batches:
             n_batches = min(n_batches, c.eval_batches)
+        score = ClassificationScore(len(self.labels))
         for b in range(n_batches):
             rows = slice(b * c.batch_size, (b + 1) * c.batch_size)
             batch = self._encode(texts[rows])
             batch["labels"] = torch.tensor(labels[rows])
             batch = {k: v.to(device) for k, v in batch.items()}
             out = model(**batch)
-            r, n = _accuracy(out.logits, batch["labels"])
-            right, seen, loss_sum = right + r, seen + n, loss_sum + out.loss.item() * n
-        return {"val_loss": loss_sum / seen, "accuracy": right / seen}
+            score.add(out.logits, batch["labels"], out.loss.item())
+        return score.result()
 
     def state(self):
         return {"sampler": self.sampler.state()}
@@ -452,15 +500,15 @@ class VitTask(Task):
         return int(batch["labels"].numel())
 
     def evaluate(self, model, device):
-        right = seen = 0
-        loss_sum = 0.0
+        from attnlab.train.metrics import ClassificationScore
+
+        score = ClassificationScore()  # as many classes as the model has outputs
         for start in range(0, len(self.test_y), 256):
             images = self.test_x[start : start + 256].to(device)
             labels = self.test_y[start : start + 256].to(device)
             out = model(images, labels=labels)
-            r, n = _accuracy(out.logits, labels)
-            right, seen, loss_sum = right + r, seen + n, loss_sum + out.loss.item() * n
-        return {"val_loss": loss_sum / seen, "accuracy": right / seen}
+            score.add(out.logits, labels, out.loss.item())
+        return score.result()
 
     def state(self):
         return {"sampler": self.sampler.state()}
@@ -534,45 +582,42 @@ class MLMTask(Task):
         return metrics
 
 
-# -- translation ---------------------------------------------------------------------------------
+# -- sequence to sequence -----------------------------------------------------------------------
 
 
-class TranslateTask(Task):
-    """Sequence to sequence on sentence pairs (Chichewa -> English Bible verses by default,
-    or a TSV file named by ``dataset``), scored by loss and corpus BLEU of greedy decoding."""
+class Seq2SeqTask(Task):
+    """Sequence to sequence with the encoder-decoder on (source, target) text pairs: the pairs
+    of a train and a test split (:meth:`splits`, per task), a tokenizer trained on the training
+    split, teacher-forced training, and an evaluation that decodes the test sources by beam
+    search (``num_beams``) and greedily and scores both against the targets (:meth:`score`).
 
-    metric, higher_is_better = "bleu", True
+    Sources keep their first ``source_length`` tokens (``block_size`` when unset), targets
+    their first ``block_size - 1`` plus ``</s>``; decoding stops at ``</s>`` or after
+    ``block_size`` tokens. The metrics are the loss, :meth:`score`'s figures of the beam
+    search and the same figures of greedy decoding with a ``_greedy`` suffix (only the greedy
+    ones, unsuffixed, when ``num_beams=1``)."""
+
+    higher_is_better = True
     SPECIALS = ("<pad>", "<s>", "</s>")
 
     def __init__(self, config: TrainConfig, model=None, tokenizer=None) -> None:
-        from attnlab.data.bpe import train_bpe
-        from attnlab.data.pairs import SentencePairs
-
-        if config.dataset == "chichewa-english":
-            pairs = SentencePairs.chichewa_english()
-        elif Path(config.dataset).is_file():
-            pairs = SentencePairs.from_tsv(config.dataset)
-        else:
-            raise ValueError(
-                "dataset: expected chichewa-english or a TSV file of sentence pairs, got "
-                f"{config.dataset!r}"
-            )
-        self.train_set, self.test_set = pairs.split(config.val_fraction or 0.02, seed=0)
-        if tokenizer is None and config.tokenizer == "bpe":
+        self.train_set, self.test_set = self.splits(config)
+        if tokenizer is None:
             text = "\n".join(self.train_set.sources + self.train_set.targets)
-            tokenizer = train_bpe(text, config.vocab_size, special_tokens=self.SPECIALS)
-        elif tokenizer is None:
-            tokenizer = make_tokenizer(config, None)
+            tokenizer = make_tokenizer(config, text, special_tokens=self.SPECIALS)
         ids = {t: tokenizer.token_to_id(t) for t in self.SPECIALS}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
-            raise ValueError(f"tokenizer: expected the special tokens {missing} for translation")
+            raise ValueError(
+                f"tokenizer: expected the special tokens {missing} for task {config.task!r}"
+            )
         self.pad_id, self.bos_id, self.eos_id = (ids[t] for t in self.SPECIALS)
         if model is None:
             model = build_model(
                 config,
                 vocab_size=tokenizer.vocab_size,
-                max_len=config.block_size + 1,
+                # The context covers the longest source and the target with its <s>.
+                max_len=max(self.source_length(config), config.block_size) + 1,
                 pad_id=self.pad_id,
                 bos_id=self.bos_id,
                 eos_id=self.eos_id,
@@ -580,6 +625,19 @@ class TranslateTask(Task):
         super().__init__(config, model)
         self.tokenizer = tokenizer
         self.sampler = EpochSampler(len(self.train_set), config.seed)
+
+    @staticmethod
+    def splits(config: TrainConfig):
+        """``(train, test)`` :class:`attnlab.data.pairs.SentencePairs` of the task's data."""
+        raise NotImplementedError
+
+    def score(self, hypotheses: list[str], references: list[str]) -> dict[str, float]:
+        """The task's figures of decoded ``hypotheses`` against ``references``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def source_length(config: TrainConfig) -> int:
+        return config.source_length or config.block_size
 
     def _pad(self, rows: list[list[int]], value: int) -> Tensor:
         t = max(len(r) for r in rows)
@@ -589,13 +647,13 @@ class TranslateTask(Task):
         return out
 
     def _encode(self, sources: list[str], targets: list[str]) -> dict[str, Tensor]:
-        t = self.config.block_size
+        s, t = self.source_length(self.config), self.config.block_size
         src = [
-            self.tokenizer.encode(s, add_special_tokens=False)[:t] or [self.eos_id] for s in sources
+            self.tokenizer.encode(x, add_special_tokens=False)[:s] or [self.eos_id] for x in sources
         ]
         tgt = [
-            [*self.tokenizer.encode(s, add_special_tokens=False)[: t - 1], self.eos_id]
-            for s in targets
+            [*self.tokenizer.encode(y, add_special_tokens=False)[: t - 1], self.eos_id]
+            for y in targets
         ]
         return {
             "input_ids": self._pad(src, self.pad_id),
@@ -612,15 +670,13 @@ class TranslateTask(Task):
         return int(batch["attention_mask"].sum() + (batch["labels"] != -100).sum())
 
     def evaluate(self, model, device):
-        import sacrebleu
+        from attnlab.generate import generate
 
         c = self.config
         n = len(self.test_set)
         if c.eval_batches:
             n = min(n, c.eval_batches * c.batch_size)
-        from attnlab.generate import generate
-
-        # BLEU of beam search (num_beams) and, beside it, of greedy decoding.
+        # Beam search (num_beams) and, beside it, greedy decoding.
         hypotheses: dict[int, list[str]] = {b: [] for b in dict.fromkeys((c.num_beams, 1))}
         loss_sum, references = 0.0, []
         for start in range(0, n, c.batch_size):
@@ -642,15 +698,12 @@ class TranslateTask(Task):
                     row = row[: row.index(self.eos_id)] if self.eos_id in row else row
                     texts.append(self.tokenizer.decode(row))
             references.extend(p[1] for p in pairs)
-        scores = {
-            beams: sacrebleu.corpus_bleu(texts, [references]).score
-            for beams, texts in hypotheses.items()
-        }
         best = hypotheses[c.num_beams]
         self.examples = list(zip(best[:3], references[:3], strict=True))
-        metrics = {"val_loss": loss_sum / n, "bleu": scores[c.num_beams]}
+        metrics = {"val_loss": loss_sum / n, **self.score(best, references)}
         if c.num_beams > 1:
-            metrics["bleu_greedy"] = scores[1]
+            greedy = self.score(hypotheses[1], references)
+            metrics.update({f"{name}_greedy": value for name, value in greedy.items()})
         return metrics
 
     def state(self):
@@ -660,11 +713,72 @@ class TranslateTask(Task):
         self.sampler.load_state(state["sampler"])
 
 
-TASKS = {
+class TranslateTask(Seq2SeqTask):
+    """Translation of sentence pairs (Chichewa -> English Bible verses by default, or a TSV
+    file named by ``dataset``), scored by corpus BLEU (sacrebleu) of beam and greedy
+    decoding."""
+
+    metric = "bleu"
+
+    @staticmethod
+    def splits(config):
+        from attnlab.data.pairs import SentencePairs
+
+        if config.dataset == "chichewa-english":
+            pairs = SentencePairs.chichewa_english()
+        elif Path(config.dataset).is_file():
+            pairs = SentencePairs.from_tsv(config.dataset)
+        else:
+            raise ValueError(
+                "dataset: expected chichewa-english or a TSV file of sentence pairs, got "
+                f"{config.dataset!r}"
+            )
+        return pairs.split(config.val_fraction or 0.02, seed=0)
+
+    def score(self, hypotheses, references):
+        import sacrebleu
+
+        return {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score}
+
+
+class SummarizeTask(Seq2SeqTask):
+    """Headline generation: a news article's body -> its headline (the packaged BBC articles
+    for ``dataset=bbc-news``, or a folder of ``.txt`` articles, headline on the first line;
+    :mod:`attnlab.data.headlines`), split by story so that no article or version of one is on
+    both sides, and scored by ROUGE-1/2/L F-measure (:func:`attnlab.train.metrics.rouge`) of
+    beam and greedy decoding."""
+
+    metric = "rougeL"
+
+    @staticmethod
+    def splits(config):
+        from attnlab.data.headlines import Headlines
+
+        if config.dataset == "bbc-news":
+            articles = Headlines.bbc_news()
+        elif Path(config.dataset).is_dir():
+            articles = Headlines.from_folder(config.dataset, encoding=config.encoding)
+        else:
+            raise ValueError(
+                "dataset: expected bbc-news or a folder of .txt articles (headline on the first "
+                f"line), got {config.dataset!r}"
+            )
+        return articles.split(config.val_fraction or 0.1, seed=0)
+
+    def score(self, hypotheses, references):
+        from attnlab.train.metrics import rouge
+
+        return rouge(hypotheses, references)
+
+
+# The task registry: the ``task`` setting names an entry; ``attnlab.train.config.TASK_SETTINGS``
+# lists, under the same names, the settings each task reads.
+TASKS: dict[str, type[Task]] = {
     "lm": LMTask,
     "mlm": MLMTask,
     "classify": ClassifyTask,
     "translate": TranslateTask,
+    "summarize": SummarizeTask,
     "vit": VitTask,
 }
 
@@ -675,15 +789,24 @@ def make_task(config: TrainConfig, *, model: nn.Module | None = None, tokenizer=
     return TASKS[config.task](config, model=model, tokenizer=tokenizer)
 
 
-# The task that scores a model of each family when no training settings say otherwise.
-DEFAULT_TASKS = {"GPT": "lm", "BERT": "mlm", "EncoderDecoder": "translate", "ViT": "vit"}
+# The task that scores a model of each family when no training settings say otherwise, by
+# model class (the first class the model is an instance of).
+DEFAULT_TASKS: dict[type[nn.Module], str] = {
+    GPT: "lm",
+    BERT: "mlm",
+    EncoderDecoder: "translate",
+    ViT: "vit",
+}
 
 
 def default_task(model: nn.Module) -> str:
     """The task that evaluates ``model`` by default: language modelling for GPT, masked LM (or
-    classification, for a classifier head) for BERT, translation, image classification."""
-    from attnlab.models import family_name
-
-    if getattr(model.config, "head", None) == "classify":
+    classification, for a classifier head) for BERT, translation, image classification;
+    TypeError for a model of no family."""
+    if getattr(getattr(model, "config", None), "head", None) == "classify":
         return "classify"
-    return DEFAULT_TASKS[family_name(model)]
+    for cls, task in DEFAULT_TASKS.items():
+        if isinstance(model, cls):
+            return task
+    names = ", ".join(cls.__name__ for cls in DEFAULT_TASKS)
+    raise TypeError(f"model: expected a model of a family ({names}), got {type(model).__name__}")

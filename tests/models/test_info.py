@@ -45,3 +45,18 @@ def test_cli_info():
     bad = CliRunner().invoke(cli, ["info", "gtp2"])
     assert bad.exit_code == 2
     assert "source: expected a model preset" in bad.output and "did you mean 'gpt2'" in bad.output
+
+
+def test_kernel_attention_reports_its_running_state_and_local_its_window():
+    from attnlab.models import GPT, GPTConfig
+    from attnlab.models.info import model_info
+
+    tiny = dict(vocab_size=50, max_len=256, n_layer=2, n_head=4, dim=32, position="rope")
+    linear = GPT(GPTConfig(**tiny, attention="linear"))
+    info = model_info(linear)
+    caches = linear.make_caches(1, 256)
+    assert info.kv_bytes == {} and info.state_bytes == sum(c.S.nbytes + c.z.nbytes for c in caches)
+    assert "running state per sequence" in info.format() and "linear attention" in info.name
+    softmax, local = GPT(GPTConfig(**tiny)), GPT(GPTConfig(**tiny, attention="local", window=16))
+    assert model_info(softmax).flops_attention == 16 * model_info(local).flops_attention
+    assert model_info(linear).flops_attention == model_info(linear, context=64).flops_attention

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from attnlab.attention import kinds
 from attnlab.attention.multihead import MultiHeadAttention
 
 
@@ -31,6 +32,7 @@ class ModelInfo:
     flops_attention: int  # forward FLOPs per token in q kᵀ and weights x v at context T
     kv_bytes: dict[str, int]  # dtype -> self-attention KV-cache bytes per token
     cross_kv_bytes: dict[str, int] = field(default_factory=dict)  # per source token
+    state_bytes: int = 0  # kernel attention's running state per sequence (fp32), any length
 
     @property
     def flops_forward(self) -> int:
@@ -53,6 +55,11 @@ class ModelInfo:
         if self.kv_bytes:
             kv = ", ".join(f"{_bytes(n)} ({d})" for d, n in self.kv_bytes.items())
             lines.append(f"KV cache per token: {kv}")
+        if self.state_bytes:
+            lines.append(
+                f"running state per sequence (kernel attention, whatever the length): "
+                f"{_bytes(self.state_bytes)} (fp32)"
+            )
         if self.cross_kv_bytes:
             kv = ", ".join(f"{_bytes(n)} ({d})" for d, n in self.cross_kv_bytes.items())
             lines.append(f"cross-attention cache per source token: {kv}")
@@ -102,13 +109,18 @@ def model_info(model: nn.Module, context: int | None = None) -> ModelInfo:
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             flops_linear += 2 * m.weight.numel()
         elif isinstance(m, MultiHeadAttention):
-            flops_attention += 4 * m.n_heads * m.head_dim * context
+            flops_attention += 4 * m.n_heads * m.head_dim * _attended(m, context)
     if getattr(model, "mlm_bias", None) is not None:  # BERT's masked-LM decoder is a matmul
         flops_linear += 2 * model.tok.weight.numel()
+    state_bytes = 0
     for block in _blocks(model):
         attn = getattr(block, "attn", None)
         if _is_decoder(model, block) and attn is not None:
-            kv_elems += 2 * attn.n_kv_heads * attn.head_dim
+            if kinds.is_kernel(attn.kernel):  # S (F, Dv) and z (F,) per key/value head
+                f = attn.kernel.feature_dim(attn.head_dim)
+                state_bytes += 4 * attn.n_kv_heads * f * (attn.head_dim + 1)
+            else:
+                kv_elems += 2 * attn.n_kv_heads * attn.head_dim
         cross = getattr(block, "cross", None)
         if cross is not None:
             cross_elems += 2 * cross.n_kv_heads * cross.head_dim
@@ -123,7 +135,18 @@ def model_info(model: nn.Module, context: int | None = None) -> ModelInfo:
         flops_attention=flops_attention,
         kv_bytes={d: kv_elems * s for d, s in sizes.items()} if kv_elems else {},
         cross_kv_bytes={d: cross_elems * s for d, s in sizes.items()} if cross_elems else {},
+        state_bytes=state_bytes,
     )
+
+
+def _attended(m: MultiHeadAttention, context: int) -> int:
+    """What one query's q kᵀ and weights x v run over at ``context``: the keys (all, a local
+    window's, Linformer's projected rows) or kernel attention's F features."""
+    if kinds.is_kernel(m.kernel):
+        return m.kernel.feature_dim(m.head_dim)
+    if m.args.window is not None and m.kind.name == "local":
+        return min(context, m.args.window)
+    return min(context, getattr(m.kernel, "rank", context))
 
 
 def _blocks(model: nn.Module):
@@ -155,7 +178,8 @@ def _describe(model: nn.Module) -> str:
         heads = f"{config.n_head} heads" + (
             f", {config.n_kv_head} KV heads" if config.n_kv_head != config.n_head else ""
         )
-        return f"GPT ({flavour} flavour): {config.n_layer} layers, {config.dim} wide, {heads}"
+        kind = f", {config.attention} attention" if config.attention != "softmax" else ""
+        return f"GPT ({flavour} flavour): {config.n_layer} layers, {config.dim} wide, {heads}{kind}"
     if config is not None and hasattr(config, "n_layer"):
         return f"{name}: {config.n_layer} layers, {config.dim} wide, {config.n_head} heads"
     return name

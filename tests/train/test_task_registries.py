@@ -88,3 +88,25 @@ def test_source_length_is_a_setting_of_the_seq2seq_tasks_only(tmp_path):
     one_line_error(result, "source_length: not used by task 'lm'", "summarize", "translate")
     with pytest.raises(ValueError, match=r"^source_length: expected an int >= 1 or none, got 0"):
         TrainConfig(task="summarize", source_length=0)
+
+
+def test_a_pretrained_encoder_fine_tunes_into_another_attention_kind():
+    """Fine-tuning the packaged MiniLM with Linformer attention or sinks: the encoder's weights
+    load, and only what the kind adds (projections, sink logits) and the head start fresh."""
+    import dataclasses
+
+    import torch
+
+    from attnlab.convert import load_hf
+    from attnlab.train import tasks
+
+    base = load_hf(tasks.minilm_dir())
+    for overrides in ({"attention": "linformer", "rank": 16}, {"attention": "performer"}):
+        config = dataclasses.replace(
+            train_config.preset("news-classify"), model_overrides=overrides
+        )
+        model = tasks._classifier(config, None, ["a", "b"])
+        assert model.config.attention == overrides["attention"]
+        mine, theirs = model.state_dict(), base.state_dict()
+        for name in ("blocks.0.attn.q_proj.weight", "tok.weight", "blocks.5.mlp.down.weight"):
+            assert torch.equal(mine[name], theirs[name]), name

@@ -459,7 +459,14 @@ def _classifier(config: TrainConfig, tokenizer, labels: list[str]) -> nn.Module:
     model = BERT(type(pretrained.config)(**{**base, **overrides, "pooler": True}))
     state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("classifier")}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    fresh = {k for k in missing if not k.startswith(("classifier", "pooler"))}
+    # New parts start fresh: the head, and what an attention kind or sinks add to a pretrained
+    # softmax model (Linformer's projections, sink logits): fine-tuning learns them.
+    new_parts = ("classifier", "pooler")
+    fresh = {
+        k
+        for k in missing
+        if not k.startswith(new_parts) and ".attn.kernel." not in k and not k.endswith(".sinks")
+    }
     if fresh or unexpected:
         raise ValueError(
             f"init_from: {source} does not fit the classifier (missing {sorted(fresh)[:3]}, "

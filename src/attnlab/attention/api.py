@@ -118,7 +118,12 @@ def explain(
     for name, kind in kinds.KINDS.items():
         if not kind.scores:
             why = kind.mask_reasons(call.mask)
-            if call.bias is not None or call.softcap is not None or call.sinks is not None:
-                why.append("score biases, soft-capping and sinks not supported (no scores)")
+            for present, what in (
+                (call.bias is not None, "score biases"),
+                (call.softcap is not None, "score soft-capping"),
+                (call.sinks is not None, "attention sinks"),
+            ):
+                if present:
+                    why.append(f"{what} not supported (it has no scores)")
             reasons[name] = why
     return reasons

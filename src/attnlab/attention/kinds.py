@@ -83,6 +83,14 @@ def default_features(head_dim: int) -> int:
     return max(head_dim, round(head_dim * math.log(max(head_dim, 2))))
 
 
+def _softmax(a: KindArgs) -> None:
+    return None  # softmax and local attention run through attend() in the attention module
+
+
+def _linear(a: KindArgs) -> nn.Module:
+    return LinearAttention()
+
+
 def _performer(a: KindArgs) -> nn.Module:
     return PerformerAttention(a.head_dim, a.n_features or default_features(a.head_dim))
 
@@ -102,17 +110,17 @@ def register_kind(kind: Kind) -> None:
 
 
 for _kind in (
-    Kind("softmax", lambda a: None, "softmax attention on the fastest backend"),
+    Kind("softmax", _softmax, "softmax attention on the fastest backend"),
     Kind(
         "local",
-        lambda a: None,
+        _softmax,
         "softmax attention within a window of positions",
         options=("window",),
         required=("window",),
     ),
     Kind(
         "linear",
-        lambda a: LinearAttention(),
+        _linear,
         "elu+1 kernel attention, O(T), a running state for decoding",
         scores=False,
         recurrent=True,

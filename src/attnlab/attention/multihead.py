@@ -222,7 +222,7 @@ class MultiHeadAttention(nn.Module):
         if isinstance(mask, Tensor):
             mask = mask_lib.from_tensor(mask)
         own = context is None  # this module's kind applies to self-attention
-        window = self.args.window if own and self.kind.name == "local" else None
+        window = self.args.window if own and "window" in self.kind.options else None
         if slotted and cache.recurrent:
             if self.kernel is None or not own:
                 raise TypeError("cache: a running state serves kernel attention only")

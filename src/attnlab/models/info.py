@@ -144,7 +144,7 @@ def _attended(m: MultiHeadAttention, context: int) -> int:
     window's, Linformer's projected rows) or kernel attention's F features."""
     if kinds.is_kernel(m.kernel):
         return m.kernel.feature_dim(m.head_dim)
-    if m.args.window is not None and m.kind.name == "local":
+    if m.args.window is not None and "window" in m.kind.options:
         return min(context, m.args.window)
     return min(context, getattr(m.kernel, "rank", context))
 

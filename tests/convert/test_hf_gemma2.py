@@ -12,13 +12,11 @@ import shutil
 
 import pytest
 import torch
-from convert_helpers import randomize
-from safetensors.torch import load_file
+from convert_helpers import assert_greedy_equals_transformers, assert_same_tensors, randomize
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
 import attnlab
 from attnlab.convert import load_hf, save_hf
-from attnlab.generate import generate
 from attnlab.models.gpt import GPT, GPTConfig
 
 CONFIG = {
@@ -127,16 +125,7 @@ def test_greedy_generation_equals_transformers(hf_dir):
     """Ten greedy tokens after a 6-token prompt, one row left-padded, through attnlab.load: the
     sequences (16 tokens) outgrow the window of 4."""
     directory, hf = hf_dir
-    ours = attnlab.load(directory).model
-    ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(2))
-    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
-    with torch.no_grad():
-        want = hf.generate(
-            ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0
-        )
-    got = generate(ours, ids, 10, attention_mask=mask)
-    assert got.shape == (2, 16)
-    assert torch.equal(got, want)
+    assert_greedy_equals_transformers(attnlab.load(directory).model, hf, vocab=97)
 
 
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
@@ -168,10 +157,7 @@ def test_round_trip_through_save_hf_is_exact(hf_dir, tmp_path):
     assert again.config.sliding_window == 4
     assert (again.config.attn_logit_softcapping, again.config.final_logit_softcapping) == (5, 3)
     torch.testing.assert_close(_logits(again, hf=True), _logits(hf, hf=True), atol=0, rtol=0)
-    theirs = load_file(directory / "model.safetensors")
-    mine = load_file(tmp_path / "model.safetensors")
-    assert mine.keys() == theirs.keys()
-    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert_same_tensors(tmp_path, directory)
 
 
 def test_every_layer_windowed_or_none_is_one_attention_kind(hf_dir, tmp_path):

@@ -10,13 +10,11 @@ import shutil
 
 import pytest
 import torch
-from convert_helpers import randomize
-from safetensors.torch import load_file
+from convert_helpers import assert_greedy_equals_transformers, assert_same_tensors, randomize
 from transformers import MistralConfig, MistralForCausalLM
 
 import attnlab
 from attnlab.convert import load_hf, save_hf
-from attnlab.generate import generate
 from attnlab.models.gpt import GPT
 
 WINDOW = 4  # shorter than the test sequences (13 tokens; 6 + 10 generated)
@@ -112,26 +110,14 @@ def test_round_trip_through_save_hf_is_exact(hf_dir, tmp_path):
     torch.testing.assert_close(
         _logits(again, ids, mask, hf=True), _logits(hf, ids, mask, hf=True), atol=0, rtol=0
     )
-    theirs = load_file(directory / "model.safetensors")
-    mine = load_file(tmp_path / "model.safetensors")
-    assert mine.keys() == theirs.keys()
-    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert_same_tensors(tmp_path, directory)
 
 
 def test_greedy_generation_equals_transformers(hf_dir):
     """Ten greedy tokens after a 6-token prompt, one row left-padded: decoding runs past the
     window, through attnlab's static cache and transformers' sliding-window cache."""
     directory, hf = hf_dir
-    ours = attnlab.load(directory).model
-    ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(2))
-    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
-    with torch.no_grad():
-        want = hf.generate(
-            ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0
-        )
-    got = generate(ours, ids, 10, attention_mask=mask)
-    assert got.shape == (2, 16)
-    assert torch.equal(got, want)
+    assert_greedy_equals_transformers(attnlab.load(directory).model, hf, vocab=97)
 
 
 _DROP = object()  # a config.json key to remove

@@ -10,13 +10,11 @@ import shutil
 
 import pytest
 import torch
-from convert_helpers import randomize
-from safetensors.torch import load_file
+from convert_helpers import assert_greedy_equals_transformers, assert_same_tensors, randomize
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 import attnlab
 from attnlab.convert import load_hf, save_hf
-from attnlab.generate import generate
 from attnlab.models.gpt import GPT, GPTConfig
 
 BASE = {
@@ -123,25 +121,13 @@ def test_round_trip_through_save_hf_is_exact(hf_dir, tmp_path):
     assert again.config.layer_types == hf.config.layer_types
     assert again.config.sliding_window == hf.config.sliding_window
     torch.testing.assert_close(_logits(again, hf=True), _logits(hf, hf=True), atol=0, rtol=0)
-    theirs = load_file(directory / "model.safetensors")
-    mine = load_file(tmp_path / "model.safetensors")
-    assert mine.keys() == theirs.keys()
-    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert_same_tensors(tmp_path, directory)
 
 
 def test_greedy_generation_equals_transformers(hf_dir):
     """Ten greedy tokens after a 6-token prompt, one row left-padded, through attnlab.load."""
     directory, hf = hf_dir
-    ours = attnlab.load(directory).model
-    ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(2))
-    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
-    with torch.no_grad():
-        want = hf.generate(
-            ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0
-        )
-    got = generate(ours, ids, 10, attention_mask=mask)
-    assert got.shape == (2, 16)
-    assert torch.equal(got, want)
+    assert_greedy_equals_transformers(attnlab.load(directory).model, hf, vocab=97)
 
 
 @pytest.fixture(scope="module")

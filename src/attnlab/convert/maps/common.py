@@ -98,3 +98,22 @@ def variant_reasons(
     if c.position != position:
         bad.append(f"position={c.position!r} ({family} needs {position!r})")
     return bad
+
+
+# transformers' per-layer attention kinds (index: is the layer windowed?).
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def sliding_layers(types: object, n_layer: int) -> list[bool]:
+    """Which layers a config.json's ``layer_types`` windows; ValueError naming the key unless it
+    is a list of ``n_layer`` entries from :data:`LAYER_TYPES`."""
+    if (
+        not isinstance(types, list)
+        or len(types) != n_layer
+        or any(t not in LAYER_TYPES for t in types)
+    ):
+        raise ValueError(
+            f"config.json: layer_types: expected a list of num_hidden_layers={n_layer} "
+            f"entries, each {' or '.join(map(repr, LAYER_TYPES))}, got {types!r:.120}"
+        )
+    return [t == LAYER_TYPES[1] for t in types]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from attnlab.convert.maps.common import size_field
+from attnlab.convert.maps.common import LAYER_TYPES, size_field, sliding_layers
 from attnlab.convert.maps.llama import (
     CONFIG_KEYS,
     OUT_BIAS_KEYS,
@@ -33,7 +33,6 @@ from attnlab.convert.maps.llama import (
     TOP_KEYS,
     LlamaMap,
     _rope,
-    _rope_to_hf,
 )
 from attnlab.models.gpt import GPTConfig
 
@@ -51,7 +50,6 @@ LAYER_KEYS = {
     "mlp.up.weight": "mlp.up_proj.weight",
     "mlp.down.weight": "mlp.down_proj.weight",
 }
-LAYER_TYPES = ("full_attention", "sliding_attention")
 ACTIVATION = "gelu_pytorch_tanh"  # the tanh GELU, the only one attnlab's geglu_tanh computes
 
 # What transformers' Gemma2Config assumes for a key config.json leaves out (the soft-capping
@@ -159,17 +157,8 @@ class Gemma2Map(LlamaMap):
         types = hf.get("layer_types")
         if types is None:
             types = [LAYER_TYPES[i % 2 == 0] for i in range(n_layer)]
-        elif (
-            not isinstance(types, list)
-            or len(types) != n_layer
-            or any(t not in LAYER_TYPES for t in types)
-        ):
-            raise ValueError(
-                f"config.json: layer_types: expected a list of num_hidden_layers={n_layer} "
-                f"entries, each {' or '.join(map(repr, LAYER_TYPES))}, got {types!r:.120}"
-            )
+        sliding = sliding_layers(types, n_layer)
         window = hf.get("sliding_window", MISSING["sliding_window"])
-        sliding = [t == "sliding_attention" for t in types]
         if any(sliding) and window is None:
             raise ValueError(
                 "config.json: sliding_window: null, but layer_types has 'sliding_attention' "
@@ -194,28 +183,14 @@ class Gemma2Map(LlamaMap):
         windows = c.layer_windows or [c.window if c.attention == "local" else None] * c.n_layer
         window = next((w for w in windows if w is not None), None)
         return {
-            "architectures": [self.ARCHITECTURE],
-            "model_type": self.MODEL_TYPE,
-            "vocab_size": c.vocab_size,
-            "hidden_size": c.dim,
-            "intermediate_size": c.hidden,
-            "num_hidden_layers": c.n_layer,
-            "num_attention_heads": c.n_head,
-            "num_key_value_heads": c.n_kv_head,
-            "head_dim": c.head_dim,
-            "max_position_embeddings": c.max_len,
+            **self.shared_to_hf(c),
             "hidden_activation": ACTIVATION,
-            "rms_norm_eps": c.norm_eps,
-            "rope_theta": c.rope_base,
-            **_rope_to_hf(c),
             "attention_bias": c.qkv_bias,
             "query_pre_attn_scalar": _pre_attn_scalar(c),
             "attn_logit_softcapping": c.softcap,
             "final_logit_softcapping": c.logit_softcap,
             "sliding_window": window,
             "layer_types": [LAYER_TYPES[w is not None] for w in windows],
-            "attention_dropout": c.dropout,
-            "tie_word_embeddings": c.tie_embeddings,
         }
 
     # -- tensors ----------------------------------------------------------------------------------

@@ -198,6 +198,16 @@ class LlamaMap:
         if not isinstance(self.ATTENTION_BIAS, tuple):
             biases[self.ATTENTION_BIAS] = c.qkv_bias
         return {
+            **self.shared_to_hf(c),
+            "hidden_act": "silu",
+            **biases,
+            **self.windows_to_hf(c),
+        }
+
+    def shared_to_hf(self, c: GPTConfig) -> dict:
+        """The ``config.json`` keys every Llama-shaped family writes alike: its class, sizes,
+        norm epsilon, RoPE, dropout and tying."""
+        return {
             "architectures": [self.ARCHITECTURE],
             "model_type": self.MODEL_TYPE,
             "vocab_size": c.vocab_size,
@@ -208,12 +218,9 @@ class LlamaMap:
             "num_key_value_heads": c.n_kv_head,
             "head_dim": c.head_dim,
             "max_position_embeddings": c.max_len,
-            "hidden_act": "silu",
             "rms_norm_eps": c.norm_eps,
             "rope_theta": c.rope_base,
             **_rope_to_hf(c),
-            **biases,
-            **self.windows_to_hf(c),
             "attention_dropout": c.dropout,
             "tie_word_embeddings": c.tie_embeddings,
         }

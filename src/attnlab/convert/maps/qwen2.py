@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from attnlab.convert.maps.common import sliding_layers
 from attnlab.convert.maps.llama import CONFIG_KEYS, LlamaMap
 from attnlab.models.gpt import GPTConfig
 
 # transformers' Qwen2Config defaults for keys a config.json leaves out
 DEFAULT_WINDOW = 4096
 DEFAULT_MAX_WINDOW_LAYERS = 28
-LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 class Qwen2Map(LlamaMap):
@@ -50,16 +50,7 @@ class Qwen2Map(LlamaMap):
             sliding = [window is not None and i >= first for i in range(n_layer)]
             source = f"use_sliding_window=true with max_window_layers={first}"
         else:
-            if (
-                not isinstance(types, list)
-                or len(types) != n_layer
-                or any(t not in LAYER_TYPES for t in types)
-            ):
-                raise ValueError(
-                    f"config.json: layer_types: expected a list of num_hidden_layers={n_layer} "
-                    f"entries, each {' or '.join(map(repr, LAYER_TYPES))}, got {types!r:.120}"
-                )
-            sliding = [t == "sliding_attention" for t in types]
+            sliding = sliding_layers(types, n_layer)
             if any(sliding) and window is None:
                 raise ValueError(
                     "config.json: layer_types: lists 'sliding_attention' layers, but no window "

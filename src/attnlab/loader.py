@@ -214,12 +214,16 @@ def _run_tokenizer(run_dir: Path) -> TextTokenizer | None:
 def _read_attnlab(path: Path, which: str, weights: bool):
     from attnlab.convert.hf import _header
     from attnlab.convert.skeleton import materialize, skeleton
+    from attnlab.distributed.checkpoint import is_sharded
     from attnlab.quantize import restore
     from attnlab.train import checkpoint
 
     ckpt = checkpoint.resolve(path, which)
     meta = checkpoint.read_meta(ckpt)
-    stored = _header(ckpt / "model.safetensors") if weights else {}
+    # A distributed run's checkpoint holds DCP shards, which load_weights reads (shapes are
+    # checked by DCP against the model built from the config).
+    sharded = is_sharded(ckpt) and not (ckpt / "model.safetensors").is_file()
+    stored = _header(ckpt / "model.safetensors") if weights and not sharded else {}
     if isinstance(meta.get("config"), dict):
         _check_layers(meta["config"], stored, ckpt / "meta.json")
     model = _build(meta, ckpt / "meta.json", weights)
@@ -228,7 +232,8 @@ def _read_attnlab(path: Path, which: str, weights: bool):
     if layers is not None:
         restore(model, layers, where)
     if weights:
-        _check_shapes(model, stored, ckpt / "model.safetensors")
+        if not sharded:
+            _check_shapes(model, stored, ckpt / "model.safetensors")
         # now allocated: the sizes agree with the weights
         if layers is None:
             model = type(model)(model.config)

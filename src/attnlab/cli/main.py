@@ -19,15 +19,32 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as exc:
-            click.echo(f"attnlab: error: {exc}", err=True)
+            click.echo(f"attnlab: {_rank()}error: {exc}", err=True)
             sys.exit(2)
         except OSError as exc:  # a full disk, no permission, a read-only file system
             where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"attnlab: error: {where}{exc.strerror or exc}", err=True)
+            click.echo(f"attnlab: {_rank()}error: {where}{exc.strerror or exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("attnlab: interrupted", err=True)
+            click.echo(f"attnlab: {_rank()}interrupted", err=True)
             sys.exit(130)
+        except Exception as exc:
+            from attnlab.distributed.world import collective_failure
+
+            message = collective_failure(exc)
+            if message is None:
+                raise
+            click.echo(f"attnlab: {_rank()}error: {message}", err=True)
+            sys.exit(1)
+
+
+def _rank() -> str:
+    """``"rank N: "`` in a process that is one of several ranks (torchrun), else ``""``."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return f"rank {os.environ.get('RANK', '?')}: "
+    return ""
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -68,6 +68,7 @@ def train(preset_name, overrides, time_budget, out_dir, resume, progress) -> Non
 
 
 def _train(preset_name, overrides, time_budget, out_dir, resume, progress) -> None:
+    from attnlab.distributed.world import launched
     from attnlab.files import lock_dir
     from attnlab.models import config_class
     from attnlab.train.config import apply_overrides, preset, split_override
@@ -89,24 +90,34 @@ def _train(preset_name, overrides, time_budget, out_dir, resume, progress) -> No
     # Refused before the data and the model are built: an unusable device, a run directory
     # in use, not a run, or without a checkpoint to resume (the trainer checks again).
     resolve_device(config.device)
-    with lock_dir(config.out_dir, "train", argument="out_dir", echo=click.echo):
-        check_run_dir(Path(config.out_dir), resume)
+    ranks = launched()
+    if not ranks:  # with several ranks, rank 0 makes these checks for all (the trainer)
+        with lock_dir(config.out_dir, "train", argument="out_dir", echo=click.echo):
+            check_run_dir(Path(config.out_dir), resume)
     if config.threads:
         import torch
 
         torch.set_num_threads(config.threads)
     task = make_task(config)
-    n = sum(p.numel() for p in task.model.parameters())
+    trainer = Trainer(config, task, progress=progress)
+    say = click.echo if trainer.world.is_main else (lambda text: None)
+    n = sum(p.numel() for p in task.model.parameters()) if not ranks else _count(task.model)
     what = f"resuming {config.task}" if resume else preset_name
-    click.echo(f"{what}: {type(task.model).__name__} with {n:,} parameters -> {config.out_dir}")
+    on = f" on {trainer.world.size} ranks ({config.parallel})" if trainer.world.distributed else ""
+    say(f"{what}: {type(task.model).__name__} with {n:,} parameters{on} -> {config.out_dir}")
     if task.summary:
-        click.echo(task.summary)
-    result = Trainer(config, task, progress=progress).fit(resume=resume)
+        say(task.summary)
+    result = trainer.fit(resume=resume)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
-    click.echo(f"done: step {result.step} in {result.elapsed:.0f} s; {shown}")
+    say(f"done: step {result.step} in {result.elapsed:.0f} s; {shown}")
     if result.sample is not None:
         click.echo("--- sample ---")
         click.echo(result.sample)
+
+
+def _count(model) -> int:
+    """Parameters of ``model`` as a single-device model has them (DTensors count whole)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def _saved_settings(run_dir: Path, fallback):

@@ -99,6 +99,11 @@ ALIASES = {
     **dict.fromkeys(["dtype", "amp", "mixed_precision"], "precision"),
     **dict.fromkeys(["attention", "attn_backend", "attn_implementation"], "backend"),
     **dict.fromkeys(["random_seed", "rng_seed"], "seed"),
+    **dict.fromkeys(["strategy", "parallelism", "distributed", "dp", "fsdp", "ddp"], "parallel"),
+    **dict.fromkeys(
+        ["gradient_checkpointing", "activation_checkpoint", "ac"], "activation_checkpointing"
+    ),
+    **dict.fromkeys(["timeout", "nccl_timeout"], "dist_timeout"),
     **dict.fromkeys(["vocab"], "vocab_size"),
     **dict.fromkeys(["pretrained", "checkpoint", "from_pretrained"], "init_from"),
     **dict.fromkeys(["text", "data", "data_file", "input_file"], "corpus"),
@@ -170,6 +175,15 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch (0 = torch's default)
     seed: int = 1337  # initialisation, data order and dropout
 
+    # parallelism (launch with torchrun --nproc-per-node N -m attnlab train ...)
+    parallel: str = "none"  # "none", "ddp" (data parallel), "fsdp" (sharded data parallel),
+    # "tp" (tensor parallel: heads and MLP columns split) or "cp" (context parallel: sequences
+    # split, ring attention; lm task)
+    activation_checkpointing: bool = False  # recompute each block's activations in the
+    # backward pass (less memory, about a third more compute)
+    dist_timeout: float = 600.0  # seconds a rank waits for the others before the run stops
+    # with an error (a rank that died or hangs)
+
     # evaluation, checkpoints, logging
     eval_every: int = 250  # steps between evaluations (and checkpoints)
     eval_batches: int = 20  # batches per evaluation (0 = the whole validation set)
@@ -230,6 +244,16 @@ class TrainConfig:
                 f"precision: expected auto, fp32, bf16, float32 or bfloat16, got {self.precision!r}"
             )
         self.precision = precision
+        from attnlab.distributed.parallelize import check_plan
+
+        check_plan(self.parallel)
+        if self.dist_timeout <= 0:
+            raise ValueError(f"dist_timeout: expected seconds > 0, got {self.dist_timeout}")
+        if self.parallel == "cp" and self.task != "lm":
+            raise ValueError(
+                f"parallel: 'cp' splits the sequences of the lm task, got task {self.task!r}; "
+                "expected parallel=ddp, fsdp or tp"
+            )
         if self.time_budget is not None and self.time_budget <= 0:
             raise ValueError(f"time_budget: expected seconds > 0, got {self.time_budget}")
 

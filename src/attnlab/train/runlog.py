@@ -172,3 +172,27 @@ def plot_losses(run_dir: Path) -> Path | None:
     finally:
         plt.close(fig)
     return out
+
+
+class SilentLog:
+    """The :class:`RunLog` of ranks other than 0 in a distributed run: rank 0 writes the
+    metrics, the progress and the plot for the whole run; the others write nothing."""
+
+    plain = True
+
+    def __init__(self, run_dir: Path, **kwargs: Any) -> None:
+        self.run_dir = Path(run_dir)
+
+    def write(self, text: str) -> None: ...
+
+    def record(self, record: dict[str, Any]) -> None: ...
+
+    def train(self, **kwargs: Any) -> None: ...
+
+    def evaluated(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def set_total(self, total: int) -> None: ...
+
+    def advance(self) -> None: ...
+
+    def close(self) -> None: ...

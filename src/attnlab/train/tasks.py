@@ -150,7 +150,41 @@ class Task:
         self.config = config
         self.model = model
 
+    # This process's share of the data: rank ``data_rank`` of ``data_ranks`` that draw
+    # different examples (data-parallel training; see :meth:`next_batch`).
+    data_rank, data_ranks = 0, 1
+
+    def shard_data(self, rank: int, ranks: int) -> None:
+        """Draw this rank's part of each global batch from now on (``ranks`` data-parallel
+        ranks, each with ``batch_size`` examples)."""
+        if not 0 <= rank < ranks:
+            raise ValueError(f"rank: expected 0 <= rank < {ranks}, got {rank}")
+        self.data_rank, self.data_ranks = rank, ranks
+
+    @property
+    def draw_size(self) -> int:
+        """Examples drawn per step by every rank alike: the global batch."""
+        return self.config.batch_size * self.data_ranks
+
+    def next_batch(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """This rank's training batch: every rank draws the same global batch of
+        ``batch_size * data_ranks`` examples (the generator and the samplers advance alike on
+        every rank, so the data position is one number whatever the number of ranks) and keeps
+        its own disjoint ``batch_size`` rows. One process with batch ``N * b`` sees exactly the
+        examples that ``N`` ranks with batch ``b`` see together."""
+        batch = self.train_batch(generator)
+        if self.data_ranks == 1:
+            return batch
+        rows = slice(
+            self.data_rank * self.config.batch_size, (self.data_rank + 1) * self.config.batch_size
+        )
+        return {
+            k: v[rows] if isinstance(v, Tensor) and v.dim() and v.shape[0] == self.draw_size else v
+            for k, v in batch.items()
+        }
+
     def train_batch(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """The next :attr:`draw_size` training examples."""
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -245,7 +279,7 @@ class LMTask(Task):
 
     def train_batch(self, generator):
         c = self.config
-        x, y = self.stream.batch("train", c.batch_size, c.block_size, generator)
+        x, y = self.stream.batch("train", self.draw_size, c.block_size, generator)
         return {"x": x, "y": y}
 
     def loss(self, model, batch):
@@ -354,7 +388,7 @@ class ClassifyTask(Task):
         return encode_texts(self.tokenizer, texts, self.config.block_size)
 
     def train_batch(self, generator):
-        index = self.sampler.take(self.config.batch_size).tolist()
+        index = self.sampler.take(self.draw_size).tolist()
         batch = self._encode([self.train_set.texts[i] for i in index])
         batch["labels"] = torch.tensor([self.train_set.labels[i] for i in index])
         return batch
@@ -495,7 +529,7 @@ class VitTask(Task):
         self.sampler = EpochSampler(len(train), config.seed)
 
     def train_batch(self, generator):
-        index = self.sampler.take(self.config.batch_size)
+        index = self.sampler.take(self.draw_size)
         # Light augmentation: shift by up to one pixel (digits are roughly centred).
         images = self.train_x[index]
         dy, dx = (torch.randint(0, 3, (2,), generator=generator)).tolist()
@@ -563,7 +597,7 @@ class MLMTask(Task):
         self.tokenizer = tokenizer
 
     def train_batch(self, generator):
-        return self.train_data.batch(self.config.batch_size, generator)
+        return self.train_data.batch(self.draw_size, generator)
 
     def tokens(self, batch):
         return int(batch["attention_mask"].sum())
@@ -669,7 +703,7 @@ class Seq2SeqTask(Task):
         }
 
     def train_batch(self, generator):
-        index = self.sampler.take(self.config.batch_size).tolist()
+        index = self.sampler.take(self.draw_size).tolist()
         pairs = [self.train_set[i] for i in index]
         return self._encode([p[0] for p in pairs], [p[1] for p in pairs])
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -35,12 +36,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnlab.distributed.parallelize import parallelize
+from attnlab.distributed.world import SINGLE, World, join, launched
 from attnlab.files import LOCK_NAME, atomic_write_text, lock_dir, writing
 from attnlab.precision import resolve_dtype
 from attnlab.train import checkpoint
 from attnlab.train.budget import Budget, Pace
 from attnlab.train.config import TrainConfig
-from attnlab.train.runlog import RunLog, plot_losses, truncate_metrics
+from attnlab.train.runlog import RunLog, SilentLog, plot_losses, truncate_metrics
 from attnlab.train.schedule import Schedule, lr_at
 
 
@@ -115,21 +118,36 @@ class Trainer:
         self.config = config
         self.task = task
         self.run_dir = Path(config.out_dir)
-        self.device = resolve_device(config.device)
+        self.world = join_world(config)
+        self.device = self.world.device if self.world.distributed else resolve_device(config.device)
         self.autocast = autocast_for(config, self.device)
         self.progress = progress
-        self.echo = echo
+        self.echo = echo if self.world.is_main else _silent
         self.clock = clock
-        self.model = task.model.to(self.device)
-        self.optimizer = make_optimizer(self.model, config, self.device)
+        # The model stays single-device; the plan wraps or shards it from outside.
+        self.parallel = parallelize(
+            task.model.to(self.device),
+            config.parallel,
+            self.world,
+            bf16=resolve_dtype(config.precision, self.device) == torch.bfloat16,
+            activation_checkpointing=config.activation_checkpointing,
+        )
+        self.model = self.parallel.model
+        task.shard_data(self.world.rank % self.parallel.data_ranks, self.parallel.data_ranks)
+        self.optimizer = make_optimizer(self.parallel.module, config, self.device)
+        # The data generator is the same on every rank (each keeps its rows of one global
+        # batch); dropout differs between ranks.
         self.generator = torch.Generator().manual_seed(config.seed)
+        if self.world.distributed:
+            torch.manual_seed(config.seed + self.world.rank)
         self.step = 0
         self.schedule = Schedule(config, config.max_steps)
         self.last_lr = self.schedule.lr(0)
         self.best: dict[str, float] | None = None
         self.last_metrics: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        module = self.parallel.module
+        self.forward = torch.compile(module) if config.compile else module
         self.pace: Pace | None = None
         self.budget: Budget | None = None
         self.log: RunLog | None = None
@@ -144,27 +162,23 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
+        """What every rank shares (the optimizer's state too, in a one-process run)."""
+        shared = {} if self.world.distributed else {"optimizer": self.optimizer.state_dict()}
         return {
-            "optimizer": self.optimizer.state_dict(),
+            **shared,
             "step": self.step,
             "total": self.schedule.total,
             "schedule": self.schedule.state(),
             "max_steps": self.config.max_steps,
             "best": self.best,
             "eval_s": self.pace.eval_s if self.pace is not None else None,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": list(random.getstate()[1]),
-                "data": self.generator.get_state(),
-            },
+            "rng": {**_rng_state(), "data": self.generator.get_state()},
             "task": self.task.state(),
         }
 
     def _restore(self, path: Path) -> None:
-        checkpoint.load_weights(checkpoint.unwrap(self.model), path)
         state = checkpoint.load_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._restore_weights(path, state)
         self.step, self.best = state["step"], state["best"]
         self._eval_s = state.get("eval_s")  # what an evaluation cost the interrupted run
         # The schedule continues unchanged unless this resume asks for another length.
@@ -174,13 +188,32 @@ class Trainer:
             self.schedule.load_state(state["schedule"])
         else:  # written before schedules kept their state
             self.schedule = Schedule(self.config, state["total"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate((3, tuple(rng["python"]), None))
-        self.generator.set_state(rng["data"])
+        own = checkpoint.load_rank_state(path, self.world.rank)
+        if own is not None:
+            _set_rng_state(own)
+        elif self.world.is_main:  # written by one process, or by fewer ranks
+            _set_rng_state(state["rng"])
+        else:  # a rank the writing run did not have: a fresh seed of its own
+            torch.manual_seed(self.config.seed + self.world.rank + self.step)
+        self.generator.set_state(state["rng"]["data"])
         self.task.load_state(state["task"])
+
+    def _restore_weights(self, path: Path, state: dict[str, Any]) -> None:
+        """Weights and optimizer state from a one-process checkpoint or from DCP shards written
+        on any number of ranks, into this run's layout."""
+        from attnlab.distributed import checkpoint as sharded
+
+        if sharded.is_sharded(path):
+            checkpoint.check_fits(self.model, path)  # another model: the fields that differ
+            sharded.load_states(path, self.model, self.optimizer)
+        elif self.parallel.sharded:  # full tensors in, each rank keeps its shards
+            from attnlab.loader import load
+
+            weights = load(path).model.state_dict()
+            sharded.set_full_states(self.model, self.optimizer, weights, state["optimizer"])
+        else:
+            checkpoint.load_weights(checkpoint.unwrap(self.model), path)
+            self.optimizer.load_state_dict(state["optimizer"])
 
     def save(self, is_best: bool = False) -> Path:
         meta = {
@@ -188,6 +221,19 @@ class Trainer:
             "metrics": self.last_metrics,
             "tokenizer": self.task.tokenizer_ref,
         }
+        if self.world.distributed:
+            return checkpoint.save_sharded(
+                self.run_dir,
+                self.step,
+                self.model,
+                self.optimizer,
+                self._state(),
+                _rng_state(),
+                meta,
+                self.world,
+                keep_last=self.config.keep_last,
+                is_best=is_best,
+            )
         return checkpoint.save(
             self.run_dir,
             self.step,
@@ -205,31 +251,33 @@ class Trainer:
         c = self.config
         self.model.train()
         if self.budget is not None:  # the clock places the decay (see Budget.decay_progress)
-            progress = self.budget.decay_progress(self.step, self.schedule)
+            # Every rank follows rank 0's clock: the same learning rate everywhere.
+            progress = self.world.broadcast(self.budget.decay_progress(self.step, self.schedule))
             self.schedule.move_to(self.step, progress)
         self.last_lr = lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total_loss, tokens = 0.0, 0
         for _ in range(c.grad_accum):
-            batch = _to(self.task.train_batch(self.generator), self.device)
+            batch = _to(self.task.next_batch(self.generator), self.device)
+            tokens += self.task.tokens(batch) * self.parallel.data_ranks
+            batch = self.parallel.shard_batch(batch)
             with self.autocast():
                 loss = self.task.loss(self.forward, batch)
             (loss / c.grad_accum).backward()
             total_loss += loss.item() / c.grad_accum
-            tokens += self.task.tokens(batch)
         if c.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return total_loss, tokens
+        return self.world.mean(total_loss), tokens
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         with self.autocast():
-            metrics = self.task.evaluate(self.model, self.device)
+            metrics = self.task.evaluate(self.parallel.eval_module, self.device)
         self.model.train()
         return metrics
 
@@ -263,7 +311,7 @@ class Trainer:
     def _refit(self) -> None:
         """With a time budget: end the schedule where the recent pace says the budget ends."""
         if self.budget is not None:
-            self.schedule.set_total(self.step, self.budget.fit(self.step))
+            self.schedule.set_total(self.step, self.world.broadcast(self.budget.fit(self.step)))
             self.log.set_total(self.schedule.total)
 
     def _log_train(self, loss: float) -> None:
@@ -286,15 +334,17 @@ class Trainer:
 
         The run directory is locked for the whole run; errors (a directory in use or not an
         attnlab run, nothing to resume, a full disk) are ValueErrors naming what failed."""
-        with lock_dir(self.run_dir, "train", argument="out_dir", echo=self.echo):
-            fresh = check_run_dir(self.run_dir, resume)
+        # Rank 0 holds the lock and makes the checks; every rank gets their outcome.
+        lock = lock_dir if self.world.is_main else _no_lock
+        with lock(self.run_dir, "train", argument="out_dir", echo=self.echo):
+            fresh = self.world.agree(lambda: check_run_dir(self.run_dir, resume))
             try:
                 self._open_run_dir(resume)
                 return self._run()
             except BaseException:
                 # Nothing half-made stays behind: without a checkpoint there is nothing to
                 # resume, so a run that began in an empty directory takes its files away.
-                if fresh and checkpoint.latest(self.run_dir) is None:
+                if self.world.is_main and fresh and checkpoint.latest(self.run_dir) is None:
                     _empty(self.run_dir)
                 raise
 
@@ -304,8 +354,11 @@ class Trainer:
         if resume:
             last = checkpoint.latest(self.run_dir)
             self._restore(last)
-            truncate_metrics(metrics, self.step)
             self.echo(f"resumed from {last} (step {self.step})")
+        if not self.world.is_main:
+            return
+        if resume:
+            truncate_metrics(metrics, self.step)
         else:
             with writing("metrics", metrics):
                 metrics.unlink(missing_ok=True)
@@ -324,7 +377,7 @@ class Trainer:
             self.budget = Budget(
                 c.time_budget, self.pace, max_steps=c.max_steps, eval_every=c.eval_every
             )
-        self.log = RunLog(
+        self.log = (RunLog if self.world.is_main else SilentLog)(
             self.run_dir,
             total=self.schedule.total,
             initial=self.step,
@@ -341,13 +394,22 @@ class Trainer:
                 self._evaluate_and_save()
         except KeyboardInterrupt:
             self.log.close()
+            if self.world.distributed:
+                # Saving takes every rank, and the signal may come from a launcher stopping
+                # the run because a rank died: do not wait for one that may be gone.
+                last = checkpoint.latest(self.run_dir)
+                where = f"{last.name}" if last is not None else "none yet"
+                self.echo(
+                    f"interrupted at step {self.step}; the last checkpoint is {where}: "
+                    "continue with --resume"
+                )
+                raise
             path = self.save()
             self.echo(f"interrupted: saved {path} (step {self.step}); continue with --resume")
             raise
         finally:
             self.log.close()
-        with writing("sample", self.run_dir / "sample.txt"):
-            sample = self.task.finish(self.model, self.run_dir, self.device)
+        sample = self._finish()
         return RunResult(
             self.run_dir,
             self.step,
@@ -357,6 +419,19 @@ class Trainer:
             sample,
             self.history,
         )
+
+    def _finish(self) -> str | None:
+        """The task's closing output (an LM's sample), made by rank 0 alone on the whole model
+        (gathered from the ranks' shards under fsdp and tp: every rank takes part)."""
+        model = self.model
+        if self.parallel.sharded:
+            from attnlab.distributed.checkpoint import full_model
+
+            model = full_model(self.model, self.world)
+        if not self.world.is_main:
+            return None
+        with writing("sample", self.run_dir / "sample.txt"):
+            return self.task.finish(model, self.run_dir, self.device)
 
     def _train(self) -> None:
         """Steps until the schedule ends or the time budget runs out, with the training lines,
@@ -372,13 +447,55 @@ class Trainer:
             if self.step % c.eval_every == 0 and self.step < self.schedule.total:
                 self._evaluate_and_save()
                 self._refit()  # evaluations cost time too
-            if self.budget is not None and self.budget.exhausted():
+            if self.budget is not None and self.world.broadcast(self.budget.exhausted()):
                 self.log.write(
                     f"time budget of {c.time_budget:g} s reached at step {self.step} (it "
                     "includes the final evaluation; anything after that, such as a sample, "
                     "is extra)"
                 )
                 break
+
+
+def join_world(config: TrainConfig) -> World:
+    """The ranks of this run: :data:`~attnlab.distributed.world.SINGLE` for one process; a
+    ValueError for a run launched on several ranks without a plan to share the work."""
+    if not launched():
+        if config.parallel != "none":
+            check = parallelize  # refuses a plan without ranks, with the torchrun line
+            check(nn.Identity(), config.parallel, SINGLE)
+        return SINGLE
+    if config.parallel == "none":
+        raise ValueError(
+            f"parallel: this process is one of {os.environ.get('WORLD_SIZE', 'several')} ranks "
+            "(launched by torchrun) but parallel=none would train the same model on each; "
+            "expected parallel=ddp, fsdp, tp or cp"
+        )
+    return join(config.device, timeout=config.dist_timeout)
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's random number generators (dropout, sampling)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": list(random.getstate()[1]),
+    }
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    random.setstate((3, tuple(rng["python"]), None))
+
+
+def _silent(text: str) -> None:
+    """What ranks other than 0 print: nothing (rank 0 speaks for the run)."""
+
+
+@contextlib.contextmanager
+def _no_lock(*args, **kwargs):
+    yield
 
 
 @contextlib.contextmanager

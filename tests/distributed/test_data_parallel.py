@@ -1,0 +1,150 @@
+"""Data-parallel training (DDP, FSDP2) on 2 gloo ranks against one process with the whole batch,
+and sharded checkpoints resumed on another number of ranks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ranks import run_ranks  # noqa: E402
+
+TEXT = "".join(
+    f"{w} the quick brown fox jumps over the lazy dog {i}.\n"
+    for i, w in enumerate(["Alpha", "Beta", "Gamma", "Delta"] * 40)
+)
+STEPS = 4
+
+
+def _config(tmp: Path, out: str, *, batch: int, parallel: str = "none", **extra):
+    from attnlab.train.config import TrainConfig
+
+    corpus = tmp / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text(TEXT)
+    return TrainConfig(
+        model="gpt2",
+        # No biases: a key bias has a gradient of zero up to rounding, which Adam would
+        # scale up into steps that differ between any two ways of summing.
+        model_overrides={
+            "n_layer": 2,
+            "n_head": 2,
+            "dim": 32,
+            "max_len": 16,
+            "dropout": 0.0,
+            "bias": False,
+        },
+        corpus=str(corpus),
+        cache_dir=str(tmp / "cache"),
+        block_size=16,
+        batch_size=batch,
+        max_steps=STEPS,
+        eval_every=2,
+        eval_batches=2,
+        warmup_steps=1,
+        lr=1e-2,
+        sample_length=0,
+        device="cpu",
+        parallel=parallel,
+        out_dir=str(tmp / out),
+        **extra,
+    )
+
+
+def _train(config, resume: bool = False) -> dict[str, torch.Tensor]:
+    """Train; the final weights, whole (gathered from the shards), on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from attnlab.train.tasks import make_task
+    from attnlab.train.trainer import Trainer
+
+    trainer = Trainer(config, make_task(config), progress=False, echo=lambda s: None)
+    trainer.fit(resume=resume)
+    if trainer.parallel.sharded:
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+        weights = get_model_state_dict(trainer.model, options=options)
+        return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in weights.items()}
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r.get("split") == "train"]
+
+
+def _plans(rank: int, world: int, tmp: str) -> dict[str, dict[str, torch.Tensor]]:
+    tmp = Path(tmp)
+    out = {}
+    for plan in ("ddp", "fsdp"):
+        out[plan] = _train(_config(tmp, plan, batch=2, parallel=plan, log_every=1))
+    return out
+
+
+def _resume_on_two(rank: int, world: int, tmp: str):
+    return {
+        plan: _train(
+            _config(Path(tmp), f"single-on-two-{plan}", batch=2, parallel=plan, log_every=1),
+            resume=True,
+        )
+        for plan in ("fsdp", "ddp")
+    }
+
+
+def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5, msg=k)
+
+
+def _cut_after(run: Path, step: int) -> None:
+    """The run as if it had stopped after checkpoint ``step``."""
+    for ckpt in (run / "checkpoints").glob("step-*"):
+        if int(ckpt.name.removeprefix("step-")) > step:
+            shutil.rmtree(ckpt)
+
+
+@pytest.mark.slow
+def test_ddp_and_fsdp_equal_one_process_and_checkpoints_change_world_size(tmp_path):
+    torch.set_num_threads(1)
+    # One process, batch 4.
+    single = _train(_config(tmp_path, "single", batch=4, log_every=1))
+    # Two ranks, batch 2 each: the same examples, the same weights.
+    results = run_ranks(_plans, 2, str(tmp_path))
+    for plan in ("ddp", "fsdp"):
+        for rank in range(2):
+            _close(results[rank][plan], single)
+        assert _train_losses(tmp_path / plan) == pytest.approx(
+            _train_losses(tmp_path / "single"), abs=1e-5
+        )
+    # The 2-rank FSDP checkpoint holds DCP shards, no single-file weights.
+    step2 = tmp_path / "fsdp" / "checkpoints" / "step-0000002"
+    assert (step2 / "dcp" / ".metadata").is_file()
+    assert not (step2 / "model.safetensors").exists()
+
+    # 2 ranks -> 1: resume the FSDP run from step 2 in one process with batch 4.
+    resumed = tmp_path / "fsdp-on-one"
+    shutil.copytree(tmp_path / "fsdp", resumed)
+    _cut_after(resumed, 2)
+    weights = _train(_config(tmp_path, "fsdp-on-one", batch=4, log_every=1), resume=True)
+    _close(weights, single)
+    assert _train_losses(resumed)[-2:] == pytest.approx(
+        _train_losses(tmp_path / "single")[-2:], abs=1e-5
+    )
+
+    # 1 rank -> 2: resume the one-process run from step 2 on 2 ranks, under FSDP and DDP.
+    for plan in ("fsdp", "ddp"):
+        shutil.copytree(tmp_path / "single", tmp_path / f"single-on-two-{plan}")
+        _cut_after(tmp_path / f"single-on-two-{plan}", 2)
+    results = run_ranks(_resume_on_two, 2, str(tmp_path))
+    for plan in ("fsdp", "ddp"):
+        run = f"single-on-two-{plan}"
+        for rank in range(2):
+            _close(results[rank][plan], single)
+        assert _train_losses(tmp_path / run)[-2:] == pytest.approx(
+            _train_losses(tmp_path / "single")[-2:], abs=1e-5
+        )

@@ -99,12 +99,13 @@ def _train(preset_name, overrides, time_budget, out_dir, resume, progress) -> No
 
         torch.set_num_threads(config.threads)
     task = make_task(config)
+    # Counted before the plan shards it (FSDP and TP keep 1/N of the parameters per rank).
+    n, name = sum(p.numel() for p in task.model.parameters()), type(task.model).__name__
     trainer = Trainer(config, task, progress=progress)
     say = click.echo if trainer.world.is_main else (lambda text: None)
-    n = sum(p.numel() for p in task.model.parameters()) if not ranks else _count(task.model)
     what = f"resuming {config.task}" if resume else preset_name
     on = f" on {trainer.world.size} ranks ({config.parallel})" if trainer.world.distributed else ""
-    say(f"{what}: {type(task.model).__name__} with {n:,} parameters{on} -> {config.out_dir}")
+    say(f"{what}: {name} with {n:,} parameters{on} -> {config.out_dir}")
     if task.summary:
         say(task.summary)
     result = trainer.fit(resume=resume)
@@ -113,11 +114,6 @@ def _train(preset_name, overrides, time_budget, out_dir, resume, progress) -> No
     if result.sample is not None:
         click.echo("--- sample ---")
         click.echo(result.sample)
-
-
-def _count(model) -> int:
-    """Parameters of ``model`` as a single-device model has them (DTensors count whole)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def _saved_settings(run_dir: Path, fallback):

@@ -107,9 +107,9 @@ _joined = SINGLE  # the world this process joined last
 
 
 def launched() -> bool:
-    """Whether this process was started by ``torchrun`` (or anything that sets its variables)
-    as one of several ranks."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or dist.is_initialized()
+    """Whether this process is a rank of a process group: started by ``torchrun`` (or anything
+    that sets its variables; one rank counts too), or one that joined a group already."""
+    return ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or dist.is_initialized()
 
 
 def _env_int(name: str) -> int:
@@ -194,9 +194,46 @@ def collective_failure(exc: BaseException) -> str | None:
         return None
     timeout = f" within dist_timeout={_joined.timeout:g} s" if _joined.timeout else ""
     return (
-        "stopped: another rank failed, was killed or did not answer"
-        f"{timeout} (the launcher's summary names it); {text[:200]}"
+        f"stopped: {_who_fell_behind()} failed, was killed or did not answer{timeout}; "
+        f"{text[:200]}"
     )
+
+
+_FAILED_KEY = "attnlab/failed/"
+
+
+def _store():
+    """The process group's key-value store (torchrun's rendezvous store), or None."""
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:
+        return None
+
+
+def _who_fell_behind(wait: float = 3.0) -> str:
+    """Which rank stopped the run: every rank whose collective fails notes it in the launcher's
+    store and waits up to ``wait`` seconds for the others to do the same; the ranks that never
+    do are the ones that died or hang. "another rank" when the store cannot tell."""
+    import time
+
+    store = _store() if dist.is_initialized() else None
+    if store is None or _joined.size < 2:
+        return "another rank"
+    keys = [f"{_FAILED_KEY}{r}" for r in range(_joined.size)]
+    try:
+        store.set(keys[_joined.rank], "1")
+        deadline = time.monotonic() + wait
+        while True:
+            silent = [r for r, key in enumerate(keys) if not store.check([key])]
+            if not silent or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    except Exception:
+        return "another rank"
+    if not silent:
+        return "another rank"
+    names = ", ".join(map(str, silent))
+    return f"rank {names}" if len(silent) == 1 else f"ranks {names}"
 
 
 def leave() -> None:

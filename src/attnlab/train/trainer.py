@@ -465,6 +465,8 @@ def join_world(config: TrainConfig) -> World:
             check(nn.Identity(), config.parallel, SINGLE)
         return SINGLE
     if config.parallel == "none":
+        if os.environ.get("WORLD_SIZE") == "1":  # torchrun --nproc-per-node 1
+            return SINGLE
         raise ValueError(
             f"parallel: this process is one of {os.environ.get('WORLD_SIZE', 'several')} ranks "
             "(launched by torchrun) but parallel=none would train the same model on each; "

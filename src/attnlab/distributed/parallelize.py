@@ -186,7 +186,8 @@ def parallelize(
     if plan != "none" and not world.distributed:
         raise ValueError(
             f"parallel: {plan!r} needs several ranks; launch with torchrun "
-            f"(torchrun --nproc-per-node N -m attnlab train ... parallel={plan})"
+            f"(torchrun --nproc-per-node N -m attnlab train ... parallel={plan}), or pass "
+            "parallel=none to train in this one process"
         )
     if activation_checkpointing:
         checkpoint_activations(model)

@@ -25,7 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(fn, rank: int, world: int, port: int, args: tuple, results) -> None:
+def _child(fn, rank: int, world: int, port: int, args: tuple, results, backend: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -38,7 +38,9 @@ def _child(fn, rank: int, world: int, port: int, args: tuple, results) -> None:
         LOCAL_RANK=str(rank),
     )
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, rank=rank, world_size=world)
         try:
             # Plain pickle bytes: the queue's own pickler would hand tensors over as shared
             # memory, which is gone once this process exits.
@@ -49,13 +51,16 @@ def _child(fn, rank: int, world: int, port: int, args: tuple, results) -> None:
         results.put((rank, False, traceback.format_exc()))
 
 
-def run_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 180) -> list[Any]:
-    """``[fn(0, world, *args), ..., fn(world - 1, world, *args)]``, each run on its own rank."""
+def run_ranks(
+    fn: Callable[..., Any], world: int, *args: Any, timeout: float = 180, backend: str = "gloo"
+) -> list[Any]:
+    """``[fn(0, world, *args), ..., fn(world - 1, world, *args)]``, each run on its own rank
+    (``backend="nccl"``: rank r on GPU r)."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_child, args=(fn, r, world, port, args, results), daemon=True)
+        ctx.Process(target=_child, args=(fn, r, world, port, args, results, backend), daemon=True)
         for r in range(world)
     ]
     for p in procs:

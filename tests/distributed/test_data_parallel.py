@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ranks import run_ranks  # noqa: E402
+from ranks import run_ranks
 
 TEXT = "".join(
     f"{w} the quick brown fox jumps over the lazy dog {i}.\n"
@@ -49,14 +49,15 @@ def _config(tmp: Path, out: str, *, batch: int, parallel: str = "none", **extra)
         warmup_steps=1,
         lr=1e-2,
         sample_length=0,
-        device="cpu",
+        device=extra.pop("device", "cpu"),
+        precision=extra.pop("precision", "fp32"),
         parallel=parallel,
         out_dir=str(tmp / out),
         **extra,
     )
 
 
-def _train(config, resume: bool = False) -> dict[str, torch.Tensor]:
+def _train(config, resume: bool = False) -> dict[str, torch.Tensor]:  # on the CPU
     """Train; the final weights, whole (gathered from the shards), on every rank."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -68,8 +69,11 @@ def _train(config, resume: bool = False) -> dict[str, torch.Tensor]:
     if trainer.parallel.sharded:
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
         weights = get_model_state_dict(trainer.model, options=options)
-        return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in weights.items()}
-    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        weights = {
+            k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in weights.items()
+        }
+        return {k: v.cpu() for k, v in weights.items()}
+    return {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
 
 
 def _train_losses(run_dir: Path) -> list[float]:
@@ -148,3 +152,23 @@ def test_ddp_and_fsdp_equal_one_process_and_checkpoints_change_world_size(tmp_pa
         assert _train_losses(tmp_path / run)[-2:] == pytest.approx(
             _train_losses(tmp_path / "single")[-2:], abs=1e-5
         )
+
+
+def _plans_on_gpus(rank: int, world: int, tmp: str) -> dict[str, dict[str, torch.Tensor]]:
+    tmp = Path(tmp)
+    return {
+        plan: _train(_config(tmp, f"{plan}-nccl", batch=2, parallel=plan, device="cuda"))
+        for plan in ("ddp", "fsdp")
+    }
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_ddp_and_fsdp_on_nccl_equal_one_gpu(tmp_path):
+    # TF32 off: the comparison is of the same fp32 arithmetic split over ranks.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    single = _train(_config(tmp_path, "single-gpu", batch=4, device="cuda"))
+    results = run_ranks(_plans_on_gpus, 2, str(tmp_path), backend="nccl")
+    for plan in ("ddp", "fsdp"):
+        for rank in range(2):
+            _close(results[rank][plan], single)

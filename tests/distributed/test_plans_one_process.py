@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cli_helpers import one_line_error  # noqa: E402
+from cli_helpers import one_line_error
 
-from attnlab.models import from_preset  # noqa: E402
-from attnlab.train.config import TrainConfig  # noqa: E402
+from attnlab.models import from_preset
+from attnlab.train.config import TrainConfig
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(300))
 

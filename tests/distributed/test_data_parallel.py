@@ -86,6 +86,8 @@ def _plans(rank: int, world: int, tmp: str) -> dict[str, dict[str, torch.Tensor]
     out = {}
     for plan in ("ddp", "fsdp"):
         out[plan] = _train(_config(tmp, plan, batch=2, parallel=plan, log_every=1))
+    # Tensor parallel: every rank sees the whole batch and holds half of every layer.
+    out["tp"] = _train(_config(tmp, "tp", batch=4, parallel="tp", log_every=1))
     return out
 
 
@@ -113,13 +115,13 @@ def _cut_after(run: Path, step: int) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_and_fsdp_equal_one_process_and_checkpoints_change_world_size(tmp_path):
+def test_ddp_fsdp_and_tp_equal_one_process_and_checkpoints_change_world_size(tmp_path):
     torch.set_num_threads(1)
     # One process, batch 4.
     single = _train(_config(tmp_path, "single", batch=4, log_every=1))
     # Two ranks, batch 2 each: the same examples, the same weights.
     results = run_ranks(_plans, 2, str(tmp_path))
-    for plan in ("ddp", "fsdp"):
+    for plan in ("ddp", "fsdp", "tp"):
         for rank in range(2):
             _close(results[rank][plan], single)
         assert _train_losses(tmp_path / plan) == pytest.approx(

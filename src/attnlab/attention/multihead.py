@@ -151,9 +151,11 @@ class MultiHeadAttention(nn.Module):
         self.sinks = nn.Parameter(torch.zeros(n_heads)) if sinks else None
         make_points(self, self.POINTS)
 
-    def _heads(self, x: Tensor, n: int) -> Tensor:
+    def _heads(self, x: Tensor) -> Tensor:
+        # The head count comes from the tensor: under tensor parallelism the projections give
+        # this rank's heads only.
         b, t, _ = x.shape
-        return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, T, n*Dh) -> (B, n, T, Dh)
+        return x.view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, T, n*Dh) -> (B, n, T, Dh)
 
     def forward(
         self,
@@ -186,7 +188,7 @@ class MultiHeadAttention(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"x: expected 3 dims (B, T, C), got shape {tuple(x.shape)}")
         source = x if context is None else context
-        q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, Dh)
+        q = self._heads(self.q_proj(x))  # (B, H, T, Dh)
         if self.q_norm is not None:
             q = self.q_norm(q)
         slotted = isinstance(cache, BoundCache)
@@ -196,8 +198,8 @@ class MultiHeadAttention(nn.Module):
         if reuse:
             k, v = cache.k[:, :, : cache.length], cache.v[:, :, : cache.length]  # reused
         else:
-            k = self._heads(self.k_proj(source), self.n_kv_heads)  # (B, Hkv, S, Dh)
-            v = self._heads(self.v_proj(source), self.n_kv_heads)  # (B, Hkv, S, Dh)
+            k = self._heads(self.k_proj(source))  # (B, Hkv, S, Dh)
+            v = self._heads(self.v_proj(source))  # (B, Hkv, S, Dh)
             if self.k_norm is not None:
                 k = self.k_norm(k)
 
@@ -237,7 +239,7 @@ class MultiHeadAttention(nn.Module):
             if bias is not None:  # keys sit in slots: the bias follows their positions
                 q_pos = cache.positions if cache.positions.dim() == 2 else cache.positions[None]
                 bias = bias_lib.from_tensor(
-                    bias.between(self.n_heads, q_pos, view.key_positions)
+                    bias.between(q.shape[1], q_pos, view.key_positions)
                 )  # (B, H, T, S)
         else:
             if cache is not None and not reuse:
@@ -280,7 +282,7 @@ class MultiHeadAttention(nn.Module):
     def _replaced(self, pattern: Tensor, v: Tensor, dropout_p: float) -> Tensor:
         """The output of a pattern a hook replaced: its weighted sum of values, eagerly, so
         that gradients reach the replacement (attribution, patching)."""
-        g = self.n_heads // self.n_kv_heads
+        g = pattern.shape[1] // v.shape[1]  # query heads per key/value head
         weights = F.dropout(pattern, dropout_p) if dropout_p else pattern
         return weights.to(v.dtype) @ v.repeat_interleave(g, dim=1)  # (B, H, T, Dh)
 

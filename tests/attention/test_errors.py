@@ -74,7 +74,8 @@ CASES = [
     (
         "unknown backend",
         lambda q, k, v: attend(q, k, v, backend="flash9"),
-        "backend: unknown backend 'flash9'; expected one of auto, chunked, flex, reference, sdpa",
+        "backend: unknown backend 'flash9'; "
+        "expected one of auto, chunked, flex, reference, ring, sdpa",
     ),
     (
         "dropout unsupported",

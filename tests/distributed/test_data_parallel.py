@@ -3,6 +3,7 @@ and sharded checkpoints resumed on another number of ranks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -88,6 +89,11 @@ def _plans(rank: int, world: int, tmp: str) -> dict[str, dict[str, torch.Tensor]
         out[plan] = _train(_config(tmp, plan, batch=2, parallel=plan, log_every=1))
     # Tensor parallel: every rank sees the whole batch and holds half of every layer.
     out["tp"] = _train(_config(tmp, "tp", batch=4, parallel="tp", log_every=1))
+    # Context parallel: every rank sees the whole batch, half of each sequence; its blocks
+    # re-run in the backward pass (ring attention inside activation checkpointing), and the
+    # run ends with a sample from the model on whole sequences.
+    cp = _config(tmp, "cp", batch=4, parallel="cp", log_every=1, activation_checkpointing=True)
+    out["cp"] = _train(dataclasses.replace(cp, sample_length=8))
     return out
 
 
@@ -115,18 +121,21 @@ def _cut_after(run: Path, step: int) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_fsdp_and_tp_equal_one_process_and_checkpoints_change_world_size(tmp_path):
+def test_every_plan_equals_one_process_and_checkpoints_change_world_size(tmp_path):
     torch.set_num_threads(1)
     # One process, batch 4.
     single = _train(_config(tmp_path, "single", batch=4, log_every=1))
     # Two ranks, batch 2 each: the same examples, the same weights.
     results = run_ranks(_plans, 2, str(tmp_path))
-    for plan in ("ddp", "fsdp", "tp"):
+    for plan in ("ddp", "fsdp", "tp", "cp"):
         for rank in range(2):
             _close(results[rank][plan], single)
         assert _train_losses(tmp_path / plan) == pytest.approx(
             _train_losses(tmp_path / "single"), abs=1e-5
         )
+    assert len((tmp_path / "cp" / "sample.txt").read_text()) > 0
+    cp_meta = json.loads((tmp_path / "cp" / "config.json").read_text())
+    assert cp_meta["config"]["backend"] == "auto"  # the run's own, not the ring's
     # The 2-rank FSDP checkpoint holds DCP shards, no single-file weights.
     step2 = tmp_path / "fsdp" / "checkpoints" / "step-0000002"
     assert (step2 / "dcp" / ".metadata").is_file()

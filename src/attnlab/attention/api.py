@@ -79,7 +79,12 @@ def attend(
         softcap=softcap,
         sinks=sinks,
     )
-    out, weights = nonfinite.contain(call, dispatch.select_backend(call, backend).forward)
+    chosen = dispatch.select_backend(call, backend)
+    if chosen.capabilities.collective:
+        # contain() may re-run a call on this rank alone, leaving the other ranks waiting.
+        out, weights = chosen.forward(call)
+    else:
+        out, weights = nonfinite.contain(call, chosen.forward)
     return (out, weights) if return_weights else out
 
 

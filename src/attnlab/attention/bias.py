@@ -8,6 +8,10 @@ chunked backend evaluates block by block (so a T5 bias at T=16k never exists as 
 Learnable biases (T5) expose their parameters through :meth:`Bias.params` so that backends with
 a hand-written backward pass can return their gradients.
 
+``bias.at_positions(q_pos, k_pos, tq_total, tk_total)`` views the bias of a long sequence at
+the global positions of some of its queries and keys (a rank's shard in context parallelism),
+learnable biases included: their gradients flow through the view.
+
 Shapes: B batch, H heads, Tq queries, Tk keys. Dense biases are (B or 1, H or 1, Tq, Tk).
 Query ``i`` sits at absolute position ``i + Tk - Tq`` (bottom-right alignment, as in masks).
 """
@@ -21,7 +25,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab.attention.masks import as_4d, broadcast_lookup, broadcast_tile, check_broadcast
+from attnlab.attention.masks import (
+    as_4d,
+    broadcast_lookup,
+    broadcast_tile,
+    check_broadcast,
+    check_position_counts,
+    check_positions,
+)
 
 # A value function over broadcastable index tensors (b, h, q_idx, kv_idx) -> float tensor.
 ValueFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -131,6 +142,17 @@ class Bias:
         """The same bias with its tensors on ``device``."""
         return self
 
+    def at_positions(
+        self, q_positions: Tensor, k_positions: Tensor, tq_total: int, tk_total: int
+    ) -> Bias:
+        """This bias over a (``tq_total``, ``tk_total``) score matrix, seen at some of its rows
+        and columns: the returned bias's query ``i`` and key ``j`` are the global query
+        ``q_positions[i]`` and key ``k_positions[j]``, aligned by the global offset
+        ``tk_total - tq_total``. Learnable biases keep their parameters (and gradients).
+        """
+        q_pos, k_pos = check_positions(q_positions, k_positions, tq_total, tk_total)
+        return _AtPositions(self, q_pos, k_pos, tq_total, tk_total)
+
 
 def _reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
     """Sum a gradient over the dimensions that were broadcast from size 1."""
@@ -161,20 +183,27 @@ class TensorBias(Bias):
         return broadcast_tile(self.tensor, q_idx, kv_idx).float()
 
     def accumulate_grad(self, grads, batch, heads, q_idx, kv_idx, offset, grad_tile) -> None:
-        # Write the tile's gradient into its slice instead of autograd's full-size zeros per tile.
+        # Add the tile's gradient at its entries instead of autograd's full-size zeros per tile.
+        # The indices need not be contiguous (a view at positions maps a tile to any rows and
+        # columns), so they are scattered with index_put_, accumulating repeats.
         t = self.tensor
         if not t.requires_grad:
             return
         if grads[0] is None:
             grads[0] = torch.zeros_like(t)
         g = _reduce_to(grad_tile, torch.Size((t.shape[0], t.shape[1], *grad_tile.shape[2:])))
-        qs = slice(int(q_idx[0]), int(q_idx[-1]) + 1) if t.shape[2] > 1 else slice(None)
-        ks = slice(int(kv_idx[0]), int(kv_idx[-1]) + 1) if t.shape[3] > 1 else slice(None)
         if t.shape[2] == 1:
-            g = g.sum(2, keepdim=True)
+            g, q_idx = g.sum(2, keepdim=True), q_idx.new_zeros(1)
         if t.shape[3] == 1:
-            g = g.sum(3, keepdim=True)
-        grads[0][:, :, qs, ks] += g.to(t.dtype)
+            g, kv_idx = g.sum(3, keepdim=True), kv_idx.new_zeros(1)
+        device = q_idx.device
+        index = (
+            torch.arange(t.shape[0], device=device)[:, None, None, None],
+            torch.arange(t.shape[1], device=device)[None, :, None, None],
+            q_idx[None, None, :, None],
+            kv_idx[None, None, None, :],
+        )
+        grads[0].index_put_(index, g.to(t.dtype), accumulate=True)
 
     def to(self, device: torch.device) -> Bias:
         return TensorBias(self.tensor.to(device))
@@ -368,6 +397,54 @@ class _Sum(Bias):
         return _Sum(self.a.to(device), self.b.to(device))
 
 
+# -- a bias seen at global positions ------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class _AtPositions(Bias):
+    """``bias`` of a (tq_total, tk_total) score matrix at the rows ``q_positions`` and the
+    columns ``k_positions`` (see :meth:`Bias.at_positions`). Tiles and gradients are computed by
+    the viewed bias at the global positions; the local offset a backend passes is ignored."""
+
+    bias: Bias
+    q_positions: Tensor  # (tq,) global position of each local query
+    k_positions: Tensor  # (tk,) global position of each local key
+    tq_total: int
+    tk_total: int
+
+    @property
+    def global_offset(self) -> int:
+        return self.tk_total - self.tq_total
+
+    def value(self, offset: int) -> ValueFn:
+        inner, qp, kp = self.bias.value(self.global_offset), self.q_positions, self.k_positions
+        return lambda b, h, q, k: inner(b, h, qp[q], kp[k])
+
+    def block(self, batch: int, heads: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
+        q_pos, k_pos = self.q_positions[q_idx], self.k_positions[kv_idx]
+        return self.bias.block(batch, heads, q_pos, k_pos, self.global_offset)
+
+    def params(self) -> tuple[Tensor, ...]:
+        return self.bias.params()
+
+    def batch_size(self) -> int | None:
+        return self.bias.batch_size()
+
+    def heads(self) -> int | None:
+        return self.bias.heads()
+
+    def accumulate_grad(self, grads, batch, heads, q_idx, kv_idx, offset, grad_tile) -> None:
+        q_pos, k_pos = self.q_positions[q_idx], self.k_positions[kv_idx]
+        self.bias.accumulate_grad(grads, batch, heads, q_pos, k_pos, self.global_offset, grad_tile)
+
+    def to(self, device: torch.device) -> Bias:
+        return _AtPositions(
+            self.bias.to(device),
+            self.q_positions.to(device),
+            self.k_positions.to(device),
+            self.tq_total,
+            self.tk_total,
+        )
+
+
 def check_bias(bias: Bias, batch: int, heads: int, tq: int, tk: int) -> None:
     """Raise ValueError when ``bias`` cannot apply to a (B, H, Tq, Tk) score matrix."""
     n, h = bias.batch_size(), bias.heads()
@@ -378,6 +455,9 @@ def check_bias(bias: Bias, batch: int, heads: int, tq: int, tk: int) -> None:
     for leaf in _leaves(bias):
         if isinstance(leaf, TensorBias):
             check_broadcast(leaf.tensor, "bias", (batch, heads, tq, tk))
+        elif isinstance(leaf, _AtPositions):
+            check_position_counts("bias", leaf.q_positions, leaf.k_positions, tq, tk)
+            check_bias(leaf.bias, batch, heads, leaf.tq_total, leaf.tk_total)
 
 
 def _leaves(bias: Bias) -> list[Bias]:
@@ -387,5 +467,12 @@ def _leaves(bias: Bias) -> list[Bias]:
 
 
 def tensors_of(bias: Bias) -> list[Tensor]:
-    """Every tensor a bias holds (slopes, tables, user tensors)."""
-    return [v for b in _leaves(bias) for v in vars(b).values() if isinstance(v, Tensor)]
+    """Every tensor a bias holds (slopes, tables, user tensors, positions of a view)."""
+    out = []
+    for leaf in _leaves(bias):
+        for v in vars(leaf).values():
+            if isinstance(v, Tensor):
+                out.append(v)
+            elif isinstance(v, Bias):  # the bias a view at positions looks at
+                out += tensors_of(v)
+    return out

@@ -165,13 +165,19 @@ def priority(call: AttentionCall) -> tuple[str, ...]:
 def _ordered(device: str, sparse: bool, registered: tuple[str, ...]) -> tuple[str, ...]:
     # Cached: dispatch runs on every attention call, and this list only changes when the
     # registry does (the registered names are part of the key).
+    # Collective backends run only when named: every rank must call them together, and they
+    # read masks at global positions.
+    registered = tuple(n for n in registered if not get_backend(n).capabilities.collective)
     order = [n for n in _PRIORITY[(device, sparse)] if n in registered]
     return (*order, *(n for n in registered if n not in order))
 
 
 def explain(call: AttentionCall) -> dict[str, list[str]]:
-    """Every registered backend's reasons to refuse ``call`` (empty list: it can run it)."""
-    return {name: get_backend(name).not_supported_reasons(call) for name in priority(call)}
+    """Every registered backend's reasons to refuse ``call`` (empty list: it can run it), in
+    the order "auto" tries them, then those "auto" never picks (collective backends)."""
+    tried = priority(call)
+    names = (*tried, *(n for n in backend_names() if n not in tried))
+    return {name: get_backend(name).not_supported_reasons(call) for name in names}
 
 
 def select_backend(call: AttentionCall, backend: str = "auto") -> Backend:

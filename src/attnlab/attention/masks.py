@@ -10,6 +10,10 @@ index tensors, and that one definition serves every backend:
 
 Masks combine with ``&`` (both allow), ``|`` (either allows) and ``~``.
 
+``mask.at_positions(q_pos, k_pos, tq_total, tk_total)`` views a mask of a long sequence at the
+global positions of some of its queries and keys (a rank's shard in context parallelism): the
+view's local query ``i`` and key ``j`` are the global ones ``q_pos[i]`` and ``k_pos[j]``.
+
 Alignment: when there are fewer queries than keys (decoding with a KV cache) the queries are the
 *last* ``Tq`` positions, so position-based masks align to the bottom right: query ``i`` sits at
 absolute position ``i + Tk - Tq``. With ``Tq > Tk`` the offset is negative and early query rows
@@ -51,6 +55,18 @@ class Mask:
     def to(self, device: torch.device) -> Mask:
         """The same mask with its tensors on ``device``."""
         return self
+
+    def at_positions(
+        self, q_positions: Tensor, k_positions: Tensor, tq_total: int, tk_total: int
+    ) -> Mask:
+        """This mask over a (``tq_total``, ``tk_total``) score matrix, seen at some of its rows
+        and columns: the returned mask's query ``i`` and key ``j`` are the global query
+        ``q_positions[i]`` and key ``k_positions[j]``, aligned by the global offset
+        ``tk_total - tq_total`` whatever the local shapes. Works for every mask and
+        combination; ``q_positions`` (tq,) and ``k_positions`` (tk,) are 1-D integer tensors.
+        """
+        q_pos, k_pos = check_positions(q_positions, k_positions, tq_total, tk_total)
+        return _AtPositions(self, q_pos, k_pos, tq_total, tk_total)
 
     # -- evaluation -------------------------------------------------------------------------
     def mask_mod(self, tq: int, tk: int) -> Predicate:
@@ -121,6 +137,40 @@ def check_broadcast(t: Tensor, name: str, want: tuple[int, int, int, int]) -> No
             f"{name}: expected a shape broadcastable to (B, H, Tq, Tk) = {want}, "
             f"got {tuple(t.shape)}"
         )
+
+
+def check_positions(
+    q_positions: object, k_positions: object, tq_total: object, tk_total: object
+) -> tuple[Tensor, Tensor]:
+    """``(q_positions, k_positions)`` as LongTensors after checking them: 1-D integer tensors
+    on one device, within ``[0, tq_total)`` and ``[0, tk_total)``; ValueError/TypeError naming
+    the argument otherwise."""
+    for name, total in (("tq_total", tq_total), ("tk_total", tk_total)):
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise ValueError(f"{name}: expected an int >= 0, got {total!r}")
+    out = []
+    for name, pos, total in (
+        ("q_positions", q_positions, tq_total),
+        ("k_positions", k_positions, tk_total),
+    ):
+        if not isinstance(pos, Tensor):
+            raise TypeError(f"{name}: expected a 1-D integer tensor, got {type(pos).__name__}")
+        if pos.dim() != 1 or pos.dtype.is_floating_point or pos.dtype == torch.bool:
+            raise ValueError(
+                f"{name}: expected a 1-D integer tensor, "
+                f"got dtype {pos.dtype} and shape {tuple(pos.shape)}"
+            )
+        if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= total):
+            raise ValueError(
+                f"{name}: expected positions in [0, {total}), "
+                f"got values from {int(pos.min())} to {int(pos.max())}"
+            )
+        out.append(pos.long())
+    if out[0].device != out[1].device:
+        raise ValueError(
+            f"k_positions: expected device {out[0].device} like q_positions, got {out[1].device}"
+        )
+    return out[0], out[1]
 
 
 def _as_mask(m: object, name: str) -> Mask:
@@ -309,6 +359,50 @@ class _Not(Mask):
         return _Not(self.a.to(device))
 
 
+# -- a mask seen at global positions ------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class _AtPositions(Mask):
+    """``mask`` of a (tq_total, tk_total) score matrix at the rows ``q_positions`` and the
+    columns ``k_positions``: local indices are mapped to global positions before the mask's own
+    definition is evaluated, so position masks (causal, windows, prefix-LM), id masks
+    (document, padding) and tensors stay exact on any shard. The local offset a backend passes
+    is ignored: the global alignment ``tk_total - tq_total`` applies."""
+
+    mask: Mask
+    q_positions: Tensor  # (tq,) global position of each local query
+    k_positions: Tensor  # (tk,) global position of each local key
+    tq_total: int
+    tk_total: int
+
+    @property
+    def global_offset(self) -> int:
+        return self.tk_total - self.tq_total
+
+    def predicate(self, offset: int) -> Predicate:
+        inner, qp, kp = self.mask.predicate(self.global_offset), self.q_positions, self.k_positions
+        return lambda b, h, q, k: inner(b, h, qp[q], kp[k])
+
+    def block(self, batch: int, q_idx: Tensor, kv_idx: Tensor, offset: int) -> Tensor:
+        return self.mask.block(
+            batch, self.q_positions[q_idx], self.k_positions[kv_idx], self.global_offset
+        )
+
+    def density(self, tq: int, tk: int) -> float:
+        return self.mask.density(self.tq_total, self.tk_total)
+
+    def batch_size(self) -> int | None:
+        return self.mask.batch_size()
+
+    def to(self, device: torch.device) -> Mask:
+        return _AtPositions(
+            self.mask.to(device),
+            self.q_positions.to(device),
+            self.k_positions.to(device),
+            self.tq_total,
+            self.tk_total,
+        )
+
+
 # -- public constructors -------------------------------------------------------------------------
 def causal() -> Mask:
     """Each query attends to keys at its own position and before (bottom-right aligned)."""
@@ -378,6 +472,9 @@ def check_mask(mask: Mask, batch: int, heads: int, tq: int, tk: int) -> None:
     for m in _leaves(mask):
         if isinstance(m, _FromTensor):
             check_broadcast(m.tensor, "mask", (batch, heads, tq, tk))
+        elif isinstance(m, _AtPositions):
+            check_position_counts("mask", m.q_positions, m.k_positions, tq, tk)
+            check_mask(m.mask, batch, heads, m.tq_total, m.tk_total)
         elif isinstance(m, _Document):
             if m.q_doc_ids is m.kv_doc_ids and tq > tk:
                 raise ValueError(
@@ -392,6 +489,15 @@ def check_mask(mask: Mask, batch: int, heads: int, tq: int, tk: int) -> None:
                     raise ValueError(f"mask: {name} has length {ids.shape[1]}, expected {t}")
 
 
+def check_position_counts(name: str, q_pos: Tensor, k_pos: Tensor, tq: int, tk: int) -> None:
+    """ValueError naming ``name`` unless a view at positions has one per query and key."""
+    if q_pos.numel() != tq or k_pos.numel() != tk:
+        raise ValueError(
+            f"{name}: viewed at {q_pos.numel()} query and {k_pos.numel()} key positions, "
+            f"expected Tq={tq} and Tk={tk} like q and k"
+        )
+
+
 def _leaves(mask: Mask) -> list[Mask]:
     if isinstance(mask, _Combined):
         return _leaves(mask.a) + _leaves(mask.b)
@@ -401,8 +507,15 @@ def _leaves(mask: Mask) -> list[Mask]:
 
 
 def tensors_of(mask: Mask) -> list[Tensor]:
-    """Every tensor a mask holds (lengths, ids, user tensors)."""
-    return [v for m in _leaves(mask) for v in vars(m).values() if isinstance(v, Tensor)]
+    """Every tensor a mask holds (lengths, ids, user tensors, positions of a view)."""
+    out = []
+    for m in _leaves(mask):
+        for v in vars(m).values():
+            if isinstance(v, Tensor):
+                out.append(v)
+            elif isinstance(v, Mask):  # the mask a view at positions looks at
+                out += tensors_of(v)
+    return out
 
 
 def value_key(mask: Mask) -> Mask | None:
@@ -414,7 +527,11 @@ def value_key(mask: Mask) -> Mask | None:
 
 def head_dependent(mask: Mask) -> bool:
     """True when some part of the mask varies across heads (a user tensor with H > 1)."""
-    return any(isinstance(m, _FromTensor) and m.tensor.shape[1] > 1 for m in _leaves(mask))
+    return any(
+        (isinstance(m, _FromTensor) and m.tensor.shape[1] > 1)
+        or (isinstance(m, _AtPositions) and head_dependent(m.mask))
+        for m in _leaves(mask)
+    )
 
 
 # -- masks as a prefix sum sees them -------------------------------------------------------------
@@ -424,6 +541,7 @@ def _describe(mask: Mask) -> str:
         _PrefixLM: "a prefix-LM mask",
         _Document: "a document mask",
         _Not: "a negated mask",
+        _AtPositions: "a mask viewed at global positions",
     }
     if isinstance(mask, _Combined) and mask.op == "|":
         return "a union of masks (a | b)"

@@ -24,6 +24,7 @@ keeping them (Chen et al. 2016), with any plan.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class Parallel:
     shard_batch: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda batch: batch)
     eval_module: nn.Module | None = None  # what evaluation calls on whole batches
     sharded: bool = False  # parameters are DTensors: full weights take a collective to gather
+    # The model as it runs alone on whole inputs (at the end of a run, to generate).
+    release: Callable[[], nn.Module] | None = None
 
     def __post_init__(self) -> None:
         if self.eval_module is None:
@@ -119,7 +122,9 @@ def _cp(model: nn.Module, world: World, **options) -> Parallel:
             for k, v in batch.items()
         }
 
-    return Parallel("cp", wrapped, model, shard_batch=shard_batch, eval_module=_Gathered(cp))
+    return Parallel(
+        "cp", wrapped, model, shard_batch=shard_batch, eval_module=_Gathered(cp), release=cp.release
+    )
 
 
 class _Gathered(nn.Module):
@@ -161,13 +166,21 @@ def checkpoint_activations(model: nn.Module) -> nn.Module:
     module tree and its parameter names are unchanged."""
     from torch.utils.checkpoint import checkpoint
 
+    from attnlab.attention.backends.ring import current_ring_context, reentered
+
     for block in blocks_of(model):
         plain = type(block).forward
 
         def forward(*args, _block=block, _plain=plain, **kwargs):
             if not torch.is_grad_enabled():
                 return _plain(_block, *args, **kwargs)
-            return checkpoint(_plain, _block, *args, use_reentrant=False, **kwargs)
+            # Ring attention reads its group and positions from a context the re-run in the
+            # backward pass must see again.
+            ring = current_ring_context()
+            extra = {}
+            if ring is not None:
+                extra["context_fn"] = lambda: (contextlib.nullcontext(), reentered(ring))
+            return checkpoint(_plain, _block, *args, use_reentrant=False, **extra, **kwargs)
 
         block.forward = functools.update_wrapper(forward, plain)
     return model

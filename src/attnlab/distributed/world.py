@@ -194,8 +194,7 @@ def collective_failure(exc: BaseException) -> str | None:
         return None
     timeout = f" within dist_timeout={_joined.timeout:g} s" if _joined.timeout else ""
     return (
-        f"stopped: {_who_fell_behind()} failed, was killed or did not answer{timeout}; "
-        f"{text[:200]}"
+        f"stopped: {_who_fell_behind()} failed, was killed or did not answer{timeout}; {text[:200]}"
     )
 
 

@@ -423,7 +423,7 @@ class Trainer:
     def _finish(self) -> str | None:
         """The task's closing output (an LM's sample), made by rank 0 alone on the whole model
         (gathered from the ranks' shards under fsdp and tp: every rank takes part)."""
-        model = self.model
+        model = self.parallel.release() if self.parallel.release else self.model
         if self.parallel.sharded:
             from attnlab.distributed.checkpoint import full_model
 

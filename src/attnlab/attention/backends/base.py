@@ -32,6 +32,9 @@ class Capabilities:
     weights: bool = False  # can return the (B, H, Tq, Tk) attention weights
     softcap: bool = False  # soft-capped scores (Gemma 2)
     sinks: bool = False  # a learned sink logit per head in the softmax (gpt-oss)
+    # Runs collectives across ranks (ring attention): every rank must call it in lockstep, so
+    # "auto" never picks it and attend() does not re-run it on one rank (nonfinite.contain).
+    collective: bool = False
     notes: tuple[str, ...] = field(default=())  # shown in the backend table
 
 

@@ -97,13 +97,18 @@ def _plans(rank: int, world: int, tmp: str) -> dict[str, dict[str, torch.Tensor]
     return out
 
 
+# Runs resumed on 2 ranks: (copied run, plan, batch per rank).
+ON_TWO = [
+    ("single-on-two-fsdp", "fsdp", 2),  # one process -> 2 FSDP ranks
+    ("single-on-two-ddp", "ddp", 2),  # one process -> 2 DDP ranks
+    ("fsdp-on-two-tp", "tp", 4),  # 2 FSDP ranks -> 2 TP ranks (shards laid out anew)
+]
+
+
 def _resume_on_two(rank: int, world: int, tmp: str):
     return {
-        plan: _train(
-            _config(Path(tmp), f"single-on-two-{plan}", batch=2, parallel=plan, log_every=1),
-            resume=True,
-        )
-        for plan in ("fsdp", "ddp")
+        run: _train(_config(Path(tmp), run, batch=b, parallel=plan, log_every=1), resume=True)
+        for run, plan, b in ON_TWO
     }
 
 
@@ -151,15 +156,14 @@ def test_every_plan_equals_one_process_and_checkpoints_change_world_size(tmp_pat
         _train_losses(tmp_path / "single")[-2:], abs=1e-5
     )
 
-    # 1 rank -> 2: resume the one-process run from step 2 on 2 ranks, under FSDP and DDP.
-    for plan in ("fsdp", "ddp"):
-        shutil.copytree(tmp_path / "single", tmp_path / f"single-on-two-{plan}")
-        _cut_after(tmp_path / f"single-on-two-{plan}", 2)
+    # 1 rank -> 2 (FSDP, DDP) and one plan -> another: resume from step 2 on 2 ranks.
+    for run, _, _ in ON_TWO:
+        shutil.copytree(tmp_path / run.split("-on-")[0], tmp_path / run)
+        _cut_after(tmp_path / run, 2)
     results = run_ranks(_resume_on_two, 2, str(tmp_path))
-    for plan in ("fsdp", "ddp"):
-        run = f"single-on-two-{plan}"
+    for run, _, _ in ON_TWO:
         for rank in range(2):
-            _close(results[rank][plan], single)
+            _close(results[rank][run], single)
         assert _train_losses(tmp_path / run)[-2:] == pytest.approx(
             _train_losses(tmp_path / "single")[-2:], abs=1e-5
         )

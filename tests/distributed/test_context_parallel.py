@@ -160,7 +160,13 @@ def _cp_checks(rank: int, world: int) -> dict:
         results[f"{name}/logits"] = (cp.gather(logits.detach()) - ref_logits).abs().max().item()
         results[f"{name}/loss"] = abs(whole_loss.item() / world - ref_loss.item())
         results[f"{name}/grads"] = _max_grad_diff(cp.model, ref)
-        results[f"{name}/backend"] = cp.model.config.backend
+        # The modules run the ring; the config keeps its backend, which release() restores.
+        running = _module_backends(cp.model)
+        results[f"{name}/backend"] = (
+            running,
+            cp.model.config.backend,
+            _module_backends(cp.release()),
+        )
 
     # A few AdamW steps on one batch (the loss must fall): the losses follow one process's.
     torch.manual_seed(2)
@@ -199,6 +205,12 @@ def _cp_checks(rank: int, world: int) -> dict:
     return results
 
 
+def _module_backends(model) -> set[str]:
+    from attnlab.attention.multihead import MultiHeadAttention
+
+    return {m.backend for m in model.modules() if isinstance(m, MultiHeadAttention)}
+
+
 def test_gpt_under_context_parallel_equals_one_process():
     for rank, results in enumerate(run_ranks(_cp_checks, 2)):
         errors = results.pop("errors")
@@ -210,7 +222,7 @@ def test_gpt_under_context_parallel_equals_one_process():
         for step, (got, want) in enumerate(trajectory):
             assert abs(got - want) <= TOL, (rank, step, trajectory)
         backends = {k: results.pop(k) for k in list(results) if k.endswith("/backend")}
-        assert set(backends.values()) == {"ring"}
+        assert all(v == ({"ring"}, "reference", {"reference"}) for v in backends.values()), backends
         assert len(results) == 12
         failed = {k: v for k, v in results.items() if not v <= TOL}
         assert not failed, f"rank {rank}: differences above {TOL}: {failed}"

@@ -14,6 +14,11 @@ A run directory has one writer at a time (:func:`attnlab.files.lock_dir`); a new
 directory that holds anything but an attnlab run, and a run that fails before its first
 checkpoint removes what it wrote.
 
+Launched by torchrun, the same loop runs on every rank under the plan ``parallel`` names
+(:mod:`attnlab.distributed`: DDP, FSDP2, tensor or context parallel, applied from outside the
+model): each data-parallel rank keeps its rows of one global batch, rank 0 alone logs and writes,
+and checkpoints are DCP shards that resume on any number of ranks.
+
 Runs are deterministic: batches come from a ``torch.Generator`` whose state is checkpointed with
 the model, the optimiser, the schedule and the global RNG, so ``resume=True`` continues exactly
 where the interrupted run was, and its final weights equal those of a run that was never stopped.
@@ -330,7 +335,8 @@ class Trainer:
 
     def fit(self, *, resume: bool = False) -> RunResult:
         """Train to ``max_steps`` (or the time budget), evaluating and checkpointing on the
-        way; Ctrl-C (or SIGTERM) saves a checkpoint of the last complete step and re-raises.
+        way; Ctrl-C (or SIGTERM) saves a checkpoint of the last complete step and re-raises (in
+        one process: a distributed run, whose ranks may be gone, keeps its last checkpoint).
 
         The run directory is locked for the whole run; errors (a directory in use or not an
         attnlab run, nothing to resume, a full disk) are ValueErrors naming what failed."""

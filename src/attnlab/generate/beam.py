@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from attnlab.generate.drivers import driver_for
 from attnlab.generate.engine import check_count, eos_ids
+from attnlab.generate.packing import packed_linears
 
 _NEG = -1.0e9  # the score of a slot that must never win
 
@@ -120,73 +121,74 @@ def beam_search(
     if cache == "dynamic":
         raise ValueError("cache: beam search reorders its caches; use cache='static'")
     step = driver.compiled_step(compile_mode) if compile else driver.step
-    logits, positions = driver.prefill(ids, mask, caches)
+    with packed_linears(model, b * k):  # the beams multiply each weight together
+        logits, positions = driver.prefill(ids, mask, caches)
 
-    device, n = ids.device, max_new_tokens
-    wide = max(2, 1 + len(eos)) * k  # candidates kept per step
-    top_k_mask = torch.arange(wide, device=device) < k  # (wide,): the best K of them
-    eos_t = torch.tensor(eos, dtype=torch.long, device=device)
-    offsets = torch.arange(b, device=device)[:, None] * k  # (B, 1): row r's first beam
-    run_seq = torch.full((b, k, n), pad, dtype=torch.long, device=device)
-    run_score = torch.zeros(b, k, device=device)
-    run_score[:, 1:] = _NEG  # the beams start identical: only the first may expand at first
-    fin_seq = run_seq.clone()
-    fin_score = torch.full((b, k), _NEG, device=device)
-    fin_len = torch.zeros(b, k, dtype=torch.long, device=device)
-    fin_done = torch.zeros(b, k, dtype=torch.bool, device=device)
-    open_rows = torch.ones(b, 1, dtype=torch.bool, device=device)  # improvement still possible
+        device, n = ids.device, max_new_tokens
+        wide = max(2, 1 + len(eos)) * k  # candidates kept per step
+        top_k_mask = torch.arange(wide, device=device) < k  # (wide,): the best K of them
+        eos_t = torch.tensor(eos, dtype=torch.long, device=device)
+        offsets = torch.arange(b, device=device)[:, None] * k  # (B, 1): row r's first beam
+        run_seq = torch.full((b, k, n), pad, dtype=torch.long, device=device)
+        run_score = torch.zeros(b, k, device=device)
+        run_score[:, 1:] = _NEG  # the beams start identical: only the first may expand at first
+        fin_seq = run_seq.clone()
+        fin_score = torch.full((b, k), _NEG, device=device)
+        fin_len = torch.zeros(b, k, dtype=torch.long, device=device)
+        fin_done = torch.zeros(b, k, dtype=torch.bool, device=device)
+        open_rows = torch.ones(b, 1, dtype=torch.bool, device=device)  # improvement still possible
 
-    for i in range(n):
-        logp = F.log_softmax(logits.float(), dim=-1)  # (B K, V)
-        if vocab_size is not None and vocab_size < logp.shape[-1]:
-            logp[:, vocab_size:] = float("-inf")
-        v = logp.shape[-1]
-        total = (logp.view(b, k, v) + run_score[:, :, None]).view(b, k * v)  # (B, K V)
-        top_score, top_index = torch.topk(total, wide)  # (B, wide)
-        source_beam, token = top_index // v, top_index % v
-        cand = _gather(run_seq, source_beam)  # (B, wide, n)
-        cand[:, :, i] = token
-        hits = torch.isin(token, eos_t) if eos else torch.zeros_like(token, dtype=torch.bool)
-        if i == n - 1:
-            hits = torch.ones_like(hits)  # the length limit ends every candidate
+        for i in range(n):
+            logp = F.log_softmax(logits.float(), dim=-1)  # (B K, V)
+            if vocab_size is not None and vocab_size < logp.shape[-1]:
+                logp[:, vocab_size:] = float("-inf")
+            v = logp.shape[-1]
+            total = (logp.view(b, k, v) + run_score[:, :, None]).view(b, k * v)  # (B, K V)
+            top_score, top_index = torch.topk(total, wide)  # (B, wide)
+            source_beam, token = top_index // v, top_index % v
+            cand = _gather(run_seq, source_beam)  # (B, wide, n)
+            cand[:, :, i] = token
+            hits = torch.isin(token, eos_t) if eos else torch.zeros_like(token, dtype=torch.bool)
+            if i == n - 1:
+                hits = torch.ones_like(hits)  # the length limit ends every candidate
 
-        # The best K candidates that go on.
-        running = top_score + _NEG * hits.float()
-        nxt = torch.topk(running, k).indices  # (B, K)
-        run_seq, run_score = _gather(cand, nxt), _gather(running, nxt)
-        beam_from = _gather(source_beam, nxt)  # (B, K)
+            # The best K candidates that go on.
+            running = top_score + _NEG * hits.float()
+            nxt = torch.topk(running, k).indices  # (B, K)
+            run_seq, run_score = _gather(cand, nxt), _gather(running, nxt)
+            beam_from = _gather(source_beam, nxt)  # (B, K)
 
-        # Candidates among the best K that finished compete for the finished slots.
-        finished = hits & top_k_mask
-        score = top_score / float(i + 1) ** length_penalty
-        full = fin_done.all(-1, keepdim=True) & (early_stopping is True)
-        score = score + _NEG * (full | ~open_rows | ~finished).float()
-        merged = torch.topk(torch.cat([fin_score, score], 1), k).indices  # (B, K)
-        fin_seq = _gather(torch.cat([fin_seq, cand], 1), merged)
-        fin_score = _gather(torch.cat([fin_score, score], 1), merged)
-        fin_done = _gather(torch.cat([fin_done, finished], 1), merged)
-        length = torch.full_like(hits, i + 1, dtype=torch.long)
-        fin_len = _gather(torch.cat([fin_len, length], 1), merged)
+            # Candidates among the best K that finished compete for the finished slots.
+            finished = hits & top_k_mask
+            score = top_score / float(i + 1) ** length_penalty
+            full = fin_done.all(-1, keepdim=True) & (early_stopping is True)
+            score = score + _NEG * (full | ~open_rows | ~finished).float()
+            merged = torch.topk(torch.cat([fin_score, score], 1), k).indices  # (B, K)
+            fin_seq = _gather(torch.cat([fin_seq, cand], 1), merged)
+            fin_score = _gather(torch.cat([fin_score, score], 1), merged)
+            fin_done = _gather(torch.cat([fin_done, finished], 1), merged)
+            length = torch.full_like(hits, i + 1, dtype=torch.long)
+            fin_len = _gather(torch.cat([fin_len, length], 1), merged)
 
-        # Stop when no row can improve, or (early_stopping=True) every row is full, or every
-        # candidate has finished.
-        best_len = n if early_stopping == "never" and length_penalty > 0 else i + 1
-        best_possible = run_score[:, :1] / float(best_len) ** length_penalty  # (B, 1)
-        worst = torch.where(fin_done, fin_score.amin(-1, keepdim=True), _NEG)
-        open_rows = open_rows & (best_possible > worst).any(-1, keepdim=True)
-        every_full = bool(fin_done.all()) and early_stopping is True
-        if i == n - 1 or not bool(open_rows.any()) or every_full or bool(hits.all()):
-            break
+            # Stop when no row can improve, or (early_stopping=True) every row is full, or every
+            # candidate has finished.
+            best_len = n if early_stopping == "never" and length_penalty > 0 else i + 1
+            best_possible = run_score[:, :1] / float(best_len) ** length_penalty  # (B, 1)
+            worst = torch.where(fin_done, fin_score.amin(-1, keepdim=True), _NEG)
+            open_rows = open_rows & (best_possible > worst).any(-1, keepdim=True)
+            every_full = bool(fin_done.all()) and early_stopping is True
+            if i == n - 1 or not bool(open_rows.any()) or every_full or bool(hits.all()):
+                break
 
-        caches.reorder((beam_from + offsets).flatten())  # (B K,): each beam's source row
-        if driver.seq2seq:
-            driver.reorder((beam_from + offsets).flatten())
-        positions = positions.view(b, k, 1).gather(1, beam_from[..., None]).view(b * k, 1)
-        token = run_seq[:, :, i].reshape(b * k, 1)
-        cache_pos = torch.full((1,), t + i, dtype=torch.long, device=device)
-        logits = step(token, positions, cache_pos, caches)
-        positions = positions + 1
+            caches.reorder((beam_from + offsets).flatten())  # (B K,): each beam's source row
+            if driver.seq2seq:
+                driver.reorder((beam_from + offsets).flatten())
+            positions = positions.view(b, k, 1).gather(1, beam_from[..., None]).view(b * k, 1)
+            token = run_seq[:, :, i].reshape(b * k, 1)
+            cache_pos = torch.full((1,), t + i, dtype=torch.long, device=device)
+            logits = step(token, positions, cache_pos, caches)
+            positions = positions + 1
 
-    best = fin_seq[:, 0, : int(fin_len[:, 0].max())]  # (B, longest best beam)
-    out = torch.cat([prompt, best], dim=1)
-    return (out, fin_score[:, 0]) if return_scores else out
+        best = fin_seq[:, 0, : int(fin_len[:, 0].max())]  # (B, longest best beam)
+        out = torch.cat([prompt, best], dim=1)
+        return (out, fin_score[:, 0]) if return_scores else out

@@ -218,12 +218,15 @@ _FAILED: dict[tuple[Callable, str | None], weakref.WeakSet] = {}
 def compiled(fn: Callable, mode: str | None) -> Callable:
     """``fn(model, ...)`` under ``torch.compile`` (one compiled function per step kind and
     mode, reused by every generation), or ``fn`` itself, with one warning, for a model whose
-    step fails to compile."""
+    step fails to compile. Call it once per generation: it trusts the guards of its first
+    call for the calls that follow with the same model (whose shapes and state a generation
+    keeps)."""
     key = (fn, mode)
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(fn, mode=mode, dynamic=False)
         _FAILED[key] = weakref.WeakSet()
     fast, failed = _COMPILED[key], _FAILED[key]
+    checked: list[nn.Module] = []  # the model whose first step ran every guard
 
     def run(model, *args):
         if model in failed:
@@ -231,9 +234,15 @@ def compiled(fn: Callable, mode: str | None) -> Callable:
         try:
             # One compiled step serves every model and batch shape of the process, and each
             # new one compiles again: past dynamo's default limit of 8 it would silently run
-            # eagerly from then on.
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                return fast(model, *args)
+            # eagerly from then on. After a generation's first step, whose guards all ran,
+            # the same model at the same shapes runs only the guards that tell its compiled
+            # entries apart (evaluating them all took ~1.2 ms of a 20 ms GPT-2 int8 step).
+            trusted = bool(checked) and checked[0] is model
+            stance = torch.compiler.set_stance("default", skip_guard_eval_unsafe=trusted)
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT), stance:
+                out = fast(model, *args)
+            checked[:] = [model]
+            return out
         except Exception as exc:  # a missing compiler, an unsupported operation, ...
             failed.add(model)
             warnings.warn(

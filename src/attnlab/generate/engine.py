@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from attnlab.attention.caches import Caches
 from attnlab.generate.drivers import driver_for
+from attnlab.generate.packing import packed_linears
 from attnlab.generate.sampling import Sampling, choose
 from attnlab.stops import StopStrings
 
@@ -191,38 +192,40 @@ def stream(
         seen = torch.zeros(b, driver.vocab, dtype=torch.bool, device=ids.device)
         seen.scatter_(1, ids, mask.bool())  # the prompt's real tokens
 
-    if reuse:
-        caches.truncate(reuse)  # what follows the shared prefix is forgotten
-        logits, positions = driver.prefill(ids[:, reuse:], mask, caches)
-    else:
-        caches.reset()
-        logits, positions = driver.prefill(ids, mask, caches)
-    filled = t  # cache columns written (the same in every row: left padding)
-    keep = max(1, driver.context // 2)
-    for i in range(max_new_tokens):
-        if vocab_size is not None and vocab_size < logits.shape[-1]:
-            logits = logits.clone()
-            logits[:, vocab_size:] = float("-inf")
-        token = choose(logits, sampling, seen=seen, generator=generator)
-        token = token.masked_fill(rows.done[:, None], pad)
-        yield token
-        if rows.update(token) or i == max_new_tokens - 1:
-            return
-        if seen is not None:
-            seen.scatter_(1, token, True)
-        if not driver.seq2seq:
-            ids = torch.cat([ids, token], dim=1)
-            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-        if filled < size:
-            cache_pos = torch.full((1,), filled, dtype=torch.long, device=ids.device)
-            logits = step(token, positions, cache_pos, caches)
-            positions = positions + 1
-            filled += 1
-        else:  # the cache is full: keep the newest half of the window and encode it again
-            ids, mask = ids[:, -keep:], mask[:, -keep:]
+    # Several rows multiply each weight faster packed (attnlab.generate.packing).
+    with packed_linears(model, b):
+        if reuse:
+            caches.truncate(reuse)  # what follows the shared prefix is forgotten
+            logits, positions = driver.prefill(ids[:, reuse:], mask, caches)
+        else:
             caches.reset()
             logits, positions = driver.prefill(ids, mask, caches)
-            filled = ids.shape[1]
+        filled = t  # cache columns written (the same in every row: left padding)
+        keep = max(1, driver.context // 2)
+        for i in range(max_new_tokens):
+            if vocab_size is not None and vocab_size < logits.shape[-1]:
+                logits = logits.clone()
+                logits[:, vocab_size:] = float("-inf")
+            token = choose(logits, sampling, seen=seen, generator=generator)
+            token = token.masked_fill(rows.done[:, None], pad)
+            yield token
+            if rows.update(token) or i == max_new_tokens - 1:
+                return
+            if seen is not None:
+                seen.scatter_(1, token, True)
+            if not driver.seq2seq:
+                ids = torch.cat([ids, token], dim=1)
+                mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            if filled < size:
+                cache_pos = torch.full((1,), filled, dtype=torch.long, device=ids.device)
+                logits = step(token, positions, cache_pos, caches)
+                positions = positions + 1
+                filled += 1
+            else:  # the cache is full: keep the newest half of the window and encode it again
+                ids, mask = ids[:, -keep:], mask[:, -keep:]
+                caches.reset()
+                logits, positions = driver.prefill(ids, mask, caches)
+                filled = ids.shape[1]
 
 
 def _check_reuse(caches: Caches, reuse: int, b: int, t: int, driver) -> int:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from attnlab.generate.drivers import DecoderOnly, driver_for
 from attnlab.generate.engine import check_count, eos_ids
+from attnlab.generate.packing import packed_linears
 from attnlab.generate.sampling import Sampling, filter_logits
 
 _SAMPLING = ("temperature", "top_k", "top_p", "min_p")
@@ -117,68 +118,70 @@ def speculative(
             1, size, kind="static", dtype=cache_dtype or weight.dtype, device=ids.device
         )
 
-    t_caches, d_caches = caches(target), caches(draft)
-    logits, _ = target.prefill(ids, mask, t_caches)
-    draft.prefill(ids, mask, d_caches)
-    stats = SpeculativeStats()
-    start = int(mask.sum())  # model position of the next token (real tokens so far)
+    # The target scores k + 1 rows at once: faster through packed weights.
+    with packed_linears(model, k + 1):
+        t_caches, d_caches = caches(target), caches(draft)
+        logits, _ = target.prefill(ids, mask, t_caches)
+        draft.prefill(ids, mask, d_caches)
+        stats = SpeculativeStats()
+        start = int(mask.sum())  # model position of the next token (real tokens so far)
 
-    def pick(p_logits: Tensor) -> Tensor:
-        if sampling.greedy:
-            return p_logits.argmax(-1, keepdim=True)
-        return torch.multinomial(_probs(p_logits, sampling), 1, generator=generator)
+        def pick(p_logits: Tensor) -> Tensor:
+            if sampling.greedy:
+                return p_logits.argmax(-1, keepdim=True)
+            return torch.multinomial(_probs(p_logits, sampling), 1, generator=generator)
 
-    out = [pick(logits)]  # (1, 1) each
-    n = t  # cache position of the last token (out[-1]), not yet in either cache
-    pos = start
-    while len(out) < max_new_tokens and not (eos and int(out[-1]) in eos):
-        last = out[-1]
-        # The draft proposes k tokens, one step each.
-        proposals, q_logits = [], []
-        token = last
-        for i in range(k):
-            q = draft.step(
-                token,
-                torch.tensor([[pos + i]], device=ids.device),
-                torch.tensor([n + i], device=ids.device),
-                d_caches,
-            )
-            q_logits.append(q)
-            token = pick(q)
-            proposals.append(token)
-        # The target scores the last token and every proposal at once: (1, k + 1, V).
-        block = torch.cat([last, *proposals], dim=1)
-        p_logits = model(
-            block,
-            caches=t_caches,
-            positions=torch.arange(pos, pos + k + 1, device=ids.device)[None],
-            cache_positions=torch.arange(n, n + k + 1, device=ids.device),
-        ).logits[0]
-        stats.rounds += 1
-        stats.drafted += k
-        drafted = torch.cat(proposals, dim=1)[0]  # (k,)
-        accepted = _accept(drafted, p_logits[:k], torch.cat(q_logits, 0), sampling, generator)
-        stats.accepted += accepted
-        new = [drafted[i].view(1, 1) for i in range(accepted)]
-        if accepted < k:  # the first rejected position gets a correction
-            new.append(_correct(p_logits[accepted], q_logits[accepted][0], sampling, generator))
-        else:  # every proposal passed: one more token from the target, and the draft catches up
-            new.append(pick(p_logits[k][None]))
-            draft.step(
-                proposals[-1],
-                torch.tensor([[pos + k]], device=ids.device),
-                torch.tensor([n + k], device=ids.device),
-                d_caches,
-            )
-        # Keep the last token and the accepted proposals; forget the rest.
-        t_caches.truncate(n + 1 + accepted)
-        d_caches.truncate(n + 1 + accepted)
-        n += 1 + accepted
-        pos += 1 + accepted
-        for token in new:
-            out.append(token)
-            if len(out) == max_new_tokens or (eos and int(token) in eos):
-                break
+        out = [pick(logits)]  # (1, 1) each
+        n = t  # cache position of the last token (out[-1]), not yet in either cache
+        pos = start
+        while len(out) < max_new_tokens and not (eos and int(out[-1]) in eos):
+            last = out[-1]
+            # The draft proposes k tokens, one step each.
+            proposals, q_logits = [], []
+            token = last
+            for i in range(k):
+                q = draft.step(
+                    token,
+                    torch.tensor([[pos + i]], device=ids.device),
+                    torch.tensor([n + i], device=ids.device),
+                    d_caches,
+                )
+                q_logits.append(q)
+                token = pick(q)
+                proposals.append(token)
+            # The target scores the last token and every proposal at once: (1, k + 1, V).
+            block = torch.cat([last, *proposals], dim=1)
+            p_logits = model(
+                block,
+                caches=t_caches,
+                positions=torch.arange(pos, pos + k + 1, device=ids.device)[None],
+                cache_positions=torch.arange(n, n + k + 1, device=ids.device),
+            ).logits[0]
+            stats.rounds += 1
+            stats.drafted += k
+            drafted = torch.cat(proposals, dim=1)[0]  # (k,)
+            accepted = _accept(drafted, p_logits[:k], torch.cat(q_logits, 0), sampling, generator)
+            stats.accepted += accepted
+            new = [drafted[i].view(1, 1) for i in range(accepted)]
+            if accepted < k:  # the first rejected position gets a correction
+                new.append(_correct(p_logits[accepted], q_logits[accepted][0], sampling, generator))
+            else:  # every proposal passed: one more token from the target, and the draft catches up
+                new.append(pick(p_logits[k][None]))
+                draft.step(
+                    proposals[-1],
+                    torch.tensor([[pos + k]], device=ids.device),
+                    torch.tensor([n + k], device=ids.device),
+                    d_caches,
+                )
+            # Keep the last token and the accepted proposals; forget the rest.
+            t_caches.truncate(n + 1 + accepted)
+            d_caches.truncate(n + 1 + accepted)
+            n += 1 + accepted
+            pos += 1 + accepted
+            for token in new:
+                out.append(token)
+                if len(out) == max_new_tokens or (eos and int(token) in eos):
+                    break
     result = torch.cat([ids, *out], dim=1)
     return (result, stats) if return_stats else result
 

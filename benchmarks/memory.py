@@ -2,12 +2,15 @@
 
 Usage: ``python benchmarks/memory.py`` (about a minute on 2 CPU cores); ``-h`` lists the
 options. Each mode loads in a fresh Python process, which reads its resident set size (VmRSS in
-/proc/self/status) after importing torch and attnlab and again after ``attnlab.load``; again
-after handing freed heap memory back to the system (``release_freed_memory``, which the
-quantized loads already call and the fp32 load does not); and once more after one forward pass
-of 8 tokens (the int4 kernel packs its weights on first use). It also sums the model's parameter
-and buffer bytes. Everything is printed against the GGUF file's size. Each figure includes the
-one-time cost of what loading imports lazily (torch's meta-device kernels: ~70 MiB).
+/proc/self/status) after importing torch and attnlab; after loading the file onto the meta
+device, which holds no tensor but imports what a load imports lazily (torch's meta-device
+kernels and decompositions: ~80 MiB of Python code and data that any process running a model
+pays once); after ``attnlab.load``; after handing freed heap memory back to the system
+(``release_freed_memory``, which the quantized loads already call and the fp32 load does not);
+and while generating (at the last of ``--tokens`` greedy tokens after a 16-token prompt, with
+its static KV cache, whose bytes are printed too). It also sums the model's parameter and
+buffer bytes. Everything is printed against the GGUF file's size, with and without the lazily
+loaded code.
 
 Modes: ``fp32`` dequantizes every tensor; ``int8`` re-quantizes the file's Q4_1 layers per output
 channel from fp32, one tensor at a time; ``int4`` keeps the Q4_1 blocks as Int4Linear layers
@@ -29,26 +32,39 @@ MODES = ("fp32", "int8", "int4")
 
 CHILD = r"""
 import json, sys
-def rss():
+def status():
+    fields = {}
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile"):
+            fields[name] = int(value.split()[0]) * 1024
+    return fields
 import torch, gguf, tokenizers  # noqa: E401 - imported before the first reading
-import attnlab, attnlab.loader, attnlab.convert.gguf, attnlab.quantize
+import attnlab, attnlab.loader, attnlab.convert.gguf, attnlab.quantize, attnlab.generate
 torch.set_num_threads(int(sys.argv[3]))
-before = rss()
+new_tokens = int(sys.argv[4])
+before = status()
+attnlab.load(sys.argv[1], device="meta")  # imports what loading imports lazily, holds nothing
+code = status()
 mode = None if sys.argv[2] == "fp32" else sys.argv[2]
 model = attnlab.load(sys.argv[1], quantize=mode).model
-loaded = rss()
+loaded = status()
 attnlab.convert.gguf.release_freed_memory()  # the quantized loads do this themselves
-trimmed = rss()
+trimmed = status()
 seen = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}
-with torch.no_grad():
-    model(torch.arange(8)[None] + 100)
-ran = rss()
+readings = []
+prompt = torch.arange(16)[None] + 100
+attnlab.generate.generate(
+    model, prompt, new_tokens, temperature=0, on_token=lambda _: readings.append(status())
+)
+generating = readings[-1]  # with its KV cache, at the last token
+caches = model.make_caches(1, 16 + new_tokens)  # what generate allocated for its KV cache
+kv = sum(b.numel() * b.element_size() for b in caches.buffers())
+def since(reading):
+    return {k: reading[k] - before[k] for k in before}
 print(json.dumps({
-    "load": loaded - before, "trimmed": trimmed - before, "forward": ran - before,
-    "tensors": sum(seen.values()),
+    "code": since(code), "load": since(loaded), "trimmed": since(trimmed),
+    "generating": since(generating), "tensors": sum(seen.values()), "kv": kv,
 }))
 """
 
@@ -58,9 +74,9 @@ def smollm() -> Path:
     return Path(root) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def measure(path: Path, mode: str, threads: int) -> dict:
+def measure(path: Path, mode: str, threads: int, new_tokens: int) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), mode, str(threads)],
+        [sys.executable, "-c", CHILD, str(path), mode, str(threads), str(new_tokens)],
         check=True,
         capture_output=True,
         text=True,
@@ -72,23 +88,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: fp32,int8,int4")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each process")
+    parser.add_argument("--tokens", type=int, default=112, help="new tokens of the generation")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad:
         parser.error(f"--modes: expected some of {', '.join(MODES)}, got {bad[0]!r}")
+    if args.tokens < 1:
+        parser.error(f"--tokens: expected at least 1, got {args.tokens}")
     path = smollm()
     file = path.stat().st_size
     mb = 2**20
-    print(f"{path.name}: {file / mb:.1f} MiB")
-    print(f"{'mode':<6} {'tensors MiB':>12} {'RSS load':>9} {'trimmed':>8} {'+forward':>9} "
-          f"{'tensors/file':>13} {'RSS load/file':>14}")  # fmt: skip
+    print(f"{path.name}: {file / mb:.1f} MiB; MiB above the process after imports (VmRSS)")
+    print(
+        "| mode | tensors | lazily loaded code | after load | after handing back | "
+        f"while generating {args.tokens} | KV cache | (generating - KV) / file | "
+        "(generating - KV - code) / file |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in modes:
-        r = measure(path, mode, args.threads)
+        r = measure(path, mode, args.threads, args.tokens)
+        code, gen, kv = r["code"]["VmRSS"], r["generating"]["VmRSS"], r["kv"]
         print(
-            f"{mode:<6} {r['tensors'] / mb:>12.1f} {r['load'] / mb:>9.1f} "
-            f"{r['trimmed'] / mb:>8.1f} {r['forward'] / mb:>9.1f} "
-            f"{r['tensors'] / file:>13.2f} {r['load'] / file:>14.2f}"
+            f"| {mode} | {r['tensors'] / mb:.1f} | {code / mb:.1f} | "
+            f"{r['load']['VmRSS'] / mb:.1f} | {r['trimmed']['VmRSS'] / mb:.1f} | "
+            f"{gen / mb:.1f} | {kv / mb:.1f} | {(gen - kv) / file:.2f} | "
+            f"{(gen - kv - code) / file:.2f} |"
         )
 
 

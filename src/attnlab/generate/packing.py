@@ -7,17 +7,18 @@ its blocked layout (``mkldnn._reorder_linear_weight``, the packing Inductor's CP
 uses) reads it about twice as fast for 2 to 16 rows (measured, 2-core AVX2 EPYC, torch 2.13,
 GPT-2 124M's 48 layer weights streamed from memory, ms a step, ``F.linear`` vs packed: 2 rows
 45.6 vs 26.7, 4 rows 68.2 vs 28.6, 8 rows 96.6 vs 46.6, 16 rows 82.0 vs 44.2, 64 rows 137 vs
-106; one row 32.7 vs 32.1 with the column-major layout of :func:`~attnlab.generate.drivers.prepare`;
-a 512-row prefill 94.7 vs 102.3).
+106; one row 32.7 vs 32.1 with the column-major layout of
+:func:`~attnlab.generate.drivers.prepare`; a 512-row prefill 94.7 vs 102.3).
 
 :func:`packed_linears` packs the weights of a model's fp32 CPU ``nn.Linear`` layers for the
-length of a generation and gives the memory back at its end: the packed copy lives beside the
-weight (which the rest of the model, a tied embedding say, still reads), so the model's fp32
-Linear weights are held twice meanwhile. It packs nothing when that copy would not fit in half
-the memory the system has available. While packed, a layer's class is :class:`PackedLinear`
-(still an ``nn.Linear``, with the same parameters and state dict): up to
-``PACKED_MAX_ROWS`` rows without a gradient go through the packed weight, anything else through
-``F.linear`` as before. Both compute the same fp32 product, in another order of summation.
+length of a generation and hands the memory back to the system at its end: the packed copy
+lives beside the weight (which the rest of the model, a tied embedding say, still reads), so
+the model's fp32 Linear weights are held twice meanwhile. It packs nothing when that copy
+would not fit in half the memory the system has available. While packed, a layer's class
+is :class:`PackedLinear` (still an ``nn.Linear``, with the same parameters and state dict):
+up to ``PACKED_MAX_ROWS`` rows without a gradient go through the packed weight, anything else
+through ``F.linear`` as before. Both compute the same fp32 product, in another order of
+summation.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from attnlab.memory import release_freed_memory
 
 # Rows a decode step must multiply for the packing to pay (one row is as fast without it).
 PACK_MIN_ROWS = 2
@@ -124,3 +127,5 @@ def packed_linears(model: nn.Module, rows: int) -> Iterator[int]:
             if type(m) is PackedLinear:
                 m.__class__ = nn.Linear
             m.__dict__.pop("_packed", None)
+        if layers:  # the packed copies (as large as the weights) back to the system
+            release_freed_memory()

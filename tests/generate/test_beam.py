@@ -129,6 +129,13 @@ def _uncached_beams(model, src, n, k, eos):
     return ids, torch.tensor(scores)
 
 
+def test_temperature_zero_is_greedy_and_agrees_with_beams(models):
+    ours = models[1]
+    ids = torch.tensor([[5, 9, 3]])
+    want = generate(ours, ids, 6, num_beams=3)
+    assert torch.equal(generate(ours, ids, 6, num_beams=3, temperature=0), want)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -216,10 +216,14 @@ def sample(
     if num_beams > 1:
         given = [
             name
-            for name, value in (("--temperature", gen.temperature), ("--top-k", gen.top_k),
-                                ("--top-p", gen.top_p), ("--min-p", gen.min_p))
-            if value is not None
-        ]  # fmt: skip
+            for name, value in (
+                ("--temperature", gen.temperature),
+                ("--top-k", gen.top_k),
+                ("--top-p", gen.top_p),
+                ("--min-p", gen.min_p),
+            )
+            if value is not None and not (name == "--temperature" and value == 0)
+        ]  # --temperature 0 (greedy) agrees with beam search
         if given:
             raise ValueError(
                 f"--num-beams: beam search keeps the likeliest beams; drop {', '.join(given)}"

@@ -67,6 +67,8 @@ def beam_search(
     (decoder-only: prompt + new tokens; encoder-decoder: ``bos_id`` + new tokens), padded with
     ``pad_id`` to the longest row; with ``return_scores=True`` also each row's score (B,)
     (summed log-probability over generated_length ** length_penalty)."""
+    if options.get("temperature") == 0:  # greedy: what beam search is with one beam
+        del options["temperature"]
     given = sorted(set(options) & set(_SAMPLING))
     if given:
         raise ValueError(

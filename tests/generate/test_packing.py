@@ -38,12 +38,16 @@ def _gpt(seed: int = 0, flavour: dict | None = None) -> GPT:
     n=st.integers(1, 40),
     bias=st.booleans(),
     lead=st.sampled_from([(), (2,), (1, 3)]),
+    column_major=st.booleans(),
 )
-def test_a_packed_layer_computes_its_linear(rows, k, n, bias, lead):
+def test_a_packed_layer_computes_its_linear(rows, k, n, bias, lead, column_major):
     """Up to PACKED_MAX_ROWS rows through the packed weight, more through F.linear; the same
-    product either way, for any shape, with or without a bias, over leading dimensions."""
+    product either way, for any shape, with or without a bias, over leading dimensions, from a
+    weight stored either way (generate's decoding layout stores wide ones column-major)."""
     torch.manual_seed(rows * 1000 + k * 40 + n)
     layer = nn.Linear(k, n, bias=bias)
+    if column_major:
+        layer.weight.data = layer.weight.data.t().contiguous().t()
     x = torch.randn(*lead, rows, k)
     want = F.linear(x, layer.weight, layer.bias)
     with torch.no_grad(), packing.packed_linears(layer, rows=8) as count:

@@ -18,7 +18,8 @@ would not fit in half the memory the system has available. While packed, a layer
 is :class:`PackedLinear` (still an ``nn.Linear``, with the same parameters and state dict):
 up to ``PACKED_MAX_ROWS`` rows without a gradient go through the packed weight, anything else
 through ``F.linear`` as before. Both compute the same fp32 product, in another order of
-summation.
+summation. A weight changed in place during the generation is not seen by its packed copy
+until the next generation packs it again.
 """
 
 from __future__ import annotations

@@ -94,7 +94,10 @@ def test_generation_ends_when_every_row_has_stopped():
     assert torch.equal(got, free[:, :end])
 
 
-def test_compiled_decode_gives_the_eager_tokens():
+def test_compiled_decode_gives_the_eager_tokens(monkeypatch):
+    from attnlab.generate import packing
+
+    monkeypatch.setattr(packing, "PACK_MIN_ROWS", 10**9)  # plain nn.Linear (test_packing: packed)
     model = _gpt("rope")
     ids, mask = left_padded([[5, 9, 13, 7], [8, 3]])
     eager = generate(model, ids, 16, attention_mask=mask, temperature=0)
@@ -358,3 +361,14 @@ def test_prepare_stores_wide_fp32_weights_column_major_and_keeps_their_values(tm
     torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5)
     back = attnlab.load(save_run(model, None, tmp_path / "run")).model
     assert all(torch.equal(v, before[k]) for k, v in back.state_dict().items())
+
+
+def test_the_prompts_temporaries_go_back_before_decoding(monkeypatch):
+    """After the prefill, freed memory goes back to the system once (the prompt's activations
+    would otherwise stay resident for the whole decode)."""
+    from attnlab.generate import engine
+
+    events = []
+    monkeypatch.setattr(engine, "release_freed_memory", lambda: events.append("release"))
+    generate(_gpt("rope"), torch.tensor([[5, 9, 13]]), 3, on_token=lambda _: events.append("t"))
+    assert events == ["release", "t", "t", "t"]

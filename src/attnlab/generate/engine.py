@@ -25,6 +25,7 @@ from attnlab.attention.caches import Caches
 from attnlab.generate.drivers import driver_for
 from attnlab.generate.packing import packed_linears
 from attnlab.generate.sampling import Sampling, choose
+from attnlab.memory import release_freed_memory
 from attnlab.stops import StopStrings
 
 
@@ -200,6 +201,9 @@ def stream(
         else:
             caches.reset()
             logits, positions = driver.prefill(ids, mask, caches)
+        # The prompt's activations and attention scores (a few MiB a layer for a long one)
+        # are freed now, but glibc would keep them resident for the whole decode.
+        release_freed_memory()
         filled = t  # cache columns written (the same in every row: left padding)
         keep = max(1, driver.context // 2)
         for i in range(max_new_tokens):

@@ -60,7 +60,6 @@ import multiprocessing as mp
 import os
 import queue
 import resource
-import socket
 import sys
 import threading
 import time
@@ -112,16 +111,10 @@ def _join(rank: int, world: int, port: int):
     import torch
     import torch.distributed as dist
 
-    from attnlab.distributed.world import join
+    from attnlab.distributed.world import join, local_env
 
     torch.set_num_threads(1)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    os.environ.update(local_env(rank, world, port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     return join("cpu")
 
@@ -303,12 +296,6 @@ def sequence_rank(rank: int, world: int, port: int, case: dict) -> dict:
 
 
 # -- spawning ranks -------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _child(fn, rank: int, world: int, port: int, case: dict, results) -> None:
     # The process group is left to the process's exit: the other ranks may be gone already.
     try:
@@ -324,9 +311,11 @@ class OverLimit(Exception):
 def spawn(fn, world: int, case: dict, timeout: float) -> list[dict]:
     """``[fn(0, world, port, case), ...]`` run in ``world`` fresh processes. OverLimit when a
     rank ended with OVER_LIMIT; RuntimeError with its traceback when a rank failed."""
+    from attnlab.distributed.world import free_port
+
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [
         ctx.Process(target=_child, args=(fn, r, world, port, case, results), daemon=True)
         for r in range(world)

@@ -13,30 +13,19 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
-import socket
 import traceback
 from collections.abc import Callable
 from typing import Any
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _child(fn, rank: int, world: int, port: int, args: tuple, results, backend: str) -> None:
     import torch
     import torch.distributed as dist
 
+    from attnlab.distributed.world import local_env
+
     torch.set_num_threads(1)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    os.environ.update(local_env(rank, world, port))
     try:
         if backend == "nccl":
             torch.cuda.set_device(rank)
@@ -56,6 +45,8 @@ def run_ranks(
 ) -> list[Any]:
     """``[fn(0, world, *args), ..., fn(world - 1, world, *args)]``, each run on its own rank
     (``backend="nccl"``: rank r on GPU r)."""
+    from attnlab.distributed.world import free_port
+
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()

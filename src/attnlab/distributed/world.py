@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -110,6 +111,25 @@ def launched() -> bool:
     """Whether this process is a rank of a process group: started by ``torchrun`` (or anything
     that sets its variables; one rank counts too), or one that joined a group already."""
     return ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or dist.is_initialized()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now, for a one-machine group's rendezvous."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def local_env(rank: int, world: int, port: int, host: str = "127.0.0.1") -> dict[str, str]:
+    """The variables torchrun gives rank ``rank`` of a ``world``-process job on one machine
+    whose rendezvous is ``host:port``: for processes started another way (``mp.spawn``)."""
+    return {
+        "MASTER_ADDR": host,
+        "MASTER_PORT": str(port),
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(rank),
+    }
 
 
 def _env_int(name: str) -> int:

@@ -70,6 +70,32 @@ class _Spec:
     softcap: float | None = None  # scores soft-capped before the bias (Gemma 2)
     sinks: bool = False  # a sink logit per head joins each row's softmax (passed as a tensor)
 
+    @classmethod
+    def of_call(
+        cls,
+        call: AttentionCall,
+        mask: Mask | None,
+        bias: Bias | None,
+        q_block: int,
+        kv_block: int,
+        sinks: bool = False,
+    ) -> _Spec:
+        """The spec of ``call``'s shapes, scale and softcap with this ``mask`` and ``bias``."""
+        return cls(
+            mask,
+            bias,
+            call.scale,
+            call.batch,
+            call.heads,
+            call.kv_heads,
+            call.tq,
+            call.tk,
+            q_block,
+            kv_block,
+            call.softcap,
+            sinks,
+        )
+
     @property
     def groups(self) -> int:
         return self.heads // self.kv_heads
@@ -342,20 +368,7 @@ def chunked_attention(
     """
     q_block = q_block or default_tile(call.device)
     kv_block = kv_block or default_tile(call.device)
-    spec = _Spec(
-        call.mask,
-        call.bias,
-        call.scale,
-        call.batch,
-        call.heads,
-        call.kv_heads,
-        call.tq,
-        call.tk,
-        q_block,
-        kv_block,
-        call.softcap,
-        call.sinks is not None,
-    )
+    spec = _Spec.of_call(call, call.mask, call.bias, q_block, kv_block, call.sinks is not None)
     params = call.bias.params() if call.bias is not None else ()
     sinks = (call.sinks,) if call.sinks is not None else ()
     return _ChunkedFunction.apply(spec, call.q, call.k, call.v, *sinks, *params)

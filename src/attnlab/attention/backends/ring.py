@@ -224,18 +224,12 @@ def _run(call: AttentionCall, ctx: RingContext) -> Tensor:
         bias_lib.check_bias(call.bias, call.batch, call.heads, total, total)
     tile = default_tile(call.device)
     specs = [
-        _Spec(
+        _Spec.of_call(
+            call,
             _view(call.mask, ctx.q_positions, table[owner], total),
             _view(call.bias, ctx.q_positions, table[owner], total),
-            call.scale,
-            call.batch,
-            call.heads,
-            call.kv_heads,
-            call.tq,
-            call.tk,
             tile,
             tile,
-            call.softcap,
         )
         for owner in range(world)
     ]
